@@ -1,0 +1,42 @@
+# make run  : execute every notebook in order, in place (NODE_BUDGET, default quick)
+# make test : ruff, unit tests and the notebooks under nbval (NODE_BUDGET=smoke)
+# make lab  : JupyterLab on notebooks/ with the project's kernel
+# make bench: odecore against torchdiffeq (benchmarks/results.md)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Datasets are read from NODE_DATA_ROOT: the shared offline copy of MNIST
+# when it lies beside the repo, else data/ (torchvision downloads there).
+SHARED_DATA := $(abspath ../shared/data)
+NODE_DATA_ROOT ?= $(if $(wildcard $(SHARED_DATA)/MNIST/raw/*),$(SHARED_DATA),$(CURDIR)/data)
+export NODE_DATA_ROOT
+NODE_BUDGET ?= quick
+
+.PHONY: venv run test lab bench clean
+
+venv: $(STAMP)
+
+# Rebuilt whenever the pinned requirements or the project metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	NODE_BUDGET=$(NODE_BUDGET) $(PY) scripts/run_notebooks.py notebooks
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	NODE_BUDGET=smoke $(PY) scripts/pytest_strict.py tests notebooks --nbval-lax \
+		--nbval-current-env --nbval-cell-timeout=600
+
+lab: $(STAMP)
+	$(PY) -m jupyter lab --notebook-dir=notebooks
+
+clean:
+	rm -rf $(VENV)

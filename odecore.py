@@ -1,0 +1,626 @@
+"""odecore: the Neural ODE machinery every notebook shares.
+
+Read it top to bottom like the math of the tutorial post it follows:
+
+1. solvers (`ode_solve`, `odeint`): Euler, RK4 and adaptive Dormand-Prince 5(4);
+2. `ODEF`: dynamics f(z, t) that can also return vector-Jacobian products;
+3. `ODEAdjoint`: the adjoint method as a `torch.autograd.Function`;
+4. `NeuralODE`: the module a model holds;
+5. `LinearODEF`, `NNODEF`: dynamics several notebooks use;
+6. small helpers for the notebooks (device, budget, seeding, plots, GIFs).
+
+Time grids. `t` is either `(T,)`, one grid shared by the whole batch, or
+`(T, batch, 1)`, one grid per sample. Every solver hands `f` the time in the
+same form: a 0-d tensor for a shared grid, a `(batch, 1)` tensor for
+per-sample grids. Per-sample grids are integrated in a normalised time
+s in [0, 1] per interval (t = t_i + s * (t_{i+1} - t_i)), so the whole batch
+steps together while each sample covers its own interval.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ODESolveError", "ode_solve", "odeint", "ODEF", "ODEAdjoint", "NeuralODE",
+    "LinearODEF", "NNODEF", "get_device", "get_budget", "data_root", "output_dir",
+    "seed_everything", "plot_trajectories", "save_gif", "BUDGETS", "METHODS",
+]
+
+METHODS = ("euler", "rk4", "dopri5")
+BUDGETS = ("smoke", "quick", "full")
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+class ODESolveError(RuntimeError):
+    """A solve that cannot go on: a non-finite state, or a tolerance it cannot meet."""
+
+
+# ---------------------------------------------------------------------------
+# 1. Solvers
+# ---------------------------------------------------------------------------
+# The solvers integrate a list of tensors y' = G(s, y) from s = 0 to s = span
+# (or back). A list lets the adjoint carry (z, a, a_p..., a_t) with each part
+# in its own shape, so the parameter adjoint never needs a (batch, n_params)
+# tensor.
+
+State = list  # list[Tensor]
+
+
+def _axpy(y: State, h: float, coeffs: Sequence[float], ks: Sequence[State]) -> State:
+    """y + h * sum_j coeffs[j] * ks[j], part by part, skipping zero coefficients."""
+    out = []
+    for i, yi in enumerate(y):
+        for c, k in zip(coeffs, ks):
+            if c != 0.0:
+                yi = torch.add(yi, k[i], alpha=h * c)
+        out.append(yi)
+    return out
+
+
+def _fixed_steps(G: Callable, y: State, span: float, n: int, method: str) -> State:
+    h = span / n
+    for k in range(n):
+        s = k * h
+        if method == "euler":
+            y = _axpy(y, h, (1.0,), (G(s, y),))
+        else:  # classic RK4 (not the 3/8 rule)
+            k1 = G(s, y)
+            k2 = G(s + h / 2, _axpy(y, h / 2, (1.0,), (k1,)))
+            k3 = G(s + h / 2, _axpy(y, h / 2, (1.0,), (k2,)))
+            k4 = G(s + h, _axpy(y, h, (1.0,), (k3,)))
+            y = _axpy(y, h / 6, (1.0, 2.0, 2.0, 1.0), (k1, k2, k3, k4))
+    return y
+
+
+# Dormand-Prince 5(4) tableau; the last row of A equals B5, so the derivative
+# at the accepted point is reused as the next step's first stage (FSAL).
+_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
+_DP_A = (
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+)
+_DP_B5 = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84)
+_DP_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+_DP_E = tuple(b5 - b4 for b5, b4 in zip(_DP_B5 + (0.0,), _DP_B4))
+
+
+def _error_norm(err: State, y0: State, y1: State, rtol: float, atol: float) -> float:
+    """Max over the parts of each part's RMS scaled error (torchdiffeq's mixed norm)."""
+    worst = 0.0
+    for e, a, b in zip(err, y0, y1):
+        scale = atol + rtol * torch.maximum(a.abs(), b.abs())
+        worst = max(worst, float((e / scale).pow(2).mean().sqrt()))
+    return worst
+
+
+def _rms(y: State, scale: State) -> float:
+    return max(float((a / s).pow(2).mean().sqrt()) for a, s in zip(y, scale))
+
+
+def _first_step(G, y0: State, f0: State, span: float, rtol: float, atol: float) -> float:
+    """Hairer, Norsett & Wanner's starting step (II.4), for order 5."""
+    scale = [atol + rtol * y.abs() for y in y0]
+    d0, d1 = _rms(y0, scale), _rms(f0, scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0 = min(h0, abs(span))
+    direction = math.copysign(1.0, span)
+    f1 = G(direction * h0, _axpy(y0, direction * h0, (1.0,), (f0,)))
+    d2 = _rms([a - b for a, b in zip(f1, f0)], scale) / h0
+    h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
+    return min(100 * h0, h1)
+
+
+def _dopri5(G, y: State, span: float, opts: dict, where: Callable[[float], str]) -> State:
+    """Adaptive Dormand-Prince 5(4) from s = 0 to s = span, landing exactly on span."""
+    rtol, atol, max_steps = opts["rtol"], opts["atol"], opts["max_steps"]
+    direction = math.copysign(1.0, span)
+    s, end = 0.0, abs(span)
+    k1 = G(0.0, y)
+    if not all(torch.isfinite(k).all() for k in k1):
+        raise ODESolveError(f"the dynamics returned a non-finite derivative {where(0.0)}")
+    h = opts.get("_h") or _first_step(G, y, k1, span, rtol, atol)
+    nonfinite = False
+    for _ in range(max_steps):
+        last = h >= end - s
+        if last:
+            h = end - s
+        if h <= 1e-12 * end and not last:
+            why = ("the state or its derivative turned NaN or infinite" if nonfinite
+                   else f"cannot meet rtol={rtol:g}, atol={atol:g}")
+            raise ODESolveError(f"dopri5 step size underflow {where(direction * s)}: {why}")
+        ks = [k1]
+        for c, arow in zip(_DP_C[1:], _DP_A):
+            ks.append(G(direction * (s + c * h), _axpy(y, direction * h, arow, ks)))
+        y_new = _axpy(y, direction * h, _DP_B5, ks)
+        k_new = G(direction * (s + h), y_new)
+        hd = direction * h
+        err = _axpy([k * (hd * _DP_E[0]) for k in k1], hd, _DP_E[1:], ks[1:] + [k_new])
+        ratio = _error_norm(err, y, y_new, rtol, atol)
+        nonfinite = not math.isfinite(ratio)
+        if ratio <= 1.0:  # accept
+            y, k1 = y_new, k_new
+            if last:
+                if ratio > 0:  # carry a sensible step into the next interval
+                    opts["_h"] = h * min(10.0, max(0.2, 0.9 * ratio ** -0.2))
+                return y
+            s = s + h
+        if not math.isfinite(ratio):
+            factor = 0.2
+        else:
+            factor = min(10.0, max(0.2, 0.9 * ratio ** -0.2)) if ratio > 0 else 10.0
+            if ratio > 1.0:
+                factor = min(1.0, factor)
+        h = h * factor
+    raise ODESolveError(
+        f"dopri5 exceeded max_steps={max_steps} {where(direction * s)} "
+        f"(rtol={rtol:g}, atol={atol:g})")
+
+
+def _n_fixed_steps(max_dt: float, h_max: float, max_steps: int) -> int:
+    # The tiny slack keeps 1.0 / 0.1 in float32 from becoming 11 steps.
+    n = max(1, math.ceil(max_dt / h_max - 1e-6))
+    if n > max_steps:
+        raise ValueError(
+            f"an interval of length {max_dt:g} with h_max={h_max:g} needs {n} steps, "
+            f"more than max_steps={max_steps}")
+    return n
+
+
+class _Interval:
+    """Maps solver time s to real time for one interval [t0, t1] of a grid.
+
+    Shared grid (t0 0-d): s runs over [0, t1 - t0] and t = t0 + s.
+    Per-sample grids (t0 of shape (batch, 1)): s runs over [0, 1],
+    t = t0 + s * dt, and derivatives are scaled by dt (chain rule).
+    """
+
+    def __init__(self, t0: Tensor, t1: Tensor, z_dim: int):
+        self.t0, self.t1 = t0, t1
+        # Backpropagating into a shared grid through the solver (adjoint=False)
+        # needs the step to be a tensor too, so use the scaled form then.
+        if t0.dim() == 0 and not (t0.requires_grad or t1.requires_grad):
+            self.scale = None
+            self.span = float(t1 - t0)
+            self.max_dt = abs(self.span)
+        else:
+            dt = t1 - t0
+            self.dt = dt
+            self.scale = dt.reshape(-1, *([1] * (z_dim - 1)))
+            self.span = 1.0
+            self.max_dt = float(dt.abs().max())
+
+    def time(self, s: float) -> Tensor:
+        if self.scale is None:
+            return self.t0 + s
+        return self.t0 + s * self.dt
+
+    def where(self, s: float) -> str:
+        t = self.time(s)
+        t = float(t) if t.dim() == 0 else float(t.flatten()[0])
+        return (f"at t={t:.6g} (integrating from t={_first(self.t0):.6g} "
+                f"to t={_first(self.t1):.6g})")
+
+
+def _first(t: Tensor) -> float:
+    return float(t.flatten()[0])
+
+
+def _integrate(G, y: State, iv: _Interval, opts: dict, reverse: bool = False) -> State:
+    """Integrate y' = G(s, y) over one interval, from its start, or back from its end."""
+    span = -iv.span if reverse else iv.span
+    if reverse:  # s counts from the interval's end, so shift the clock
+        G0, G = G, (lambda s, y: G0(iv.span + s, y))
+        where = (lambda s: iv.where(iv.span + s))
+    else:
+        where = iv.where
+    if opts["method"] == "dopri5":
+        return _dopri5(G, y, span, opts, where)
+    n = _n_fixed_steps(iv.max_dt, opts["h_max"], opts["max_steps"])
+    return _fixed_steps(G, y, span, n, opts["method"])
+
+
+def _forward_field(f: Callable, iv: _Interval) -> Callable:
+    if iv.scale is None:
+        return lambda s, y: [f(y[0], iv.time(s))]
+    return lambda s, y: [f(y[0], iv.time(s)) * iv.scale]
+
+
+def _check_finite(z: Tensor, what: str, iv: _Interval | None = None) -> None:
+    if not torch.isfinite(z).all():
+        span = "" if iv is None else (
+            f" between t={_first(iv.t0):.6g} and t={_first(iv.t1):.6g}")
+        raise ODESolveError(f"{what} became NaN or infinite{span}")
+
+
+def _options(method: str, h_max: float, rtol: float, atol: float, max_steps: int) -> dict:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if not h_max > 0:
+        raise ValueError(f"h_max must be positive, got {h_max}")
+    if rtol < 0 or atol < 0 or (rtol == 0 and atol == 0):
+        raise ValueError(f"need rtol >= 0, atol >= 0, not both zero; got {rtol}, {atol}")
+    return dict(method=method, h_max=float(h_max), rtol=float(rtol), atol=float(atol),
+                max_steps=int(max_steps))
+
+
+def _check_inputs(z0: Tensor, t: Tensor) -> Tensor:
+    """Validate (z0, t) and return t in z0's dtype; errors name what is wrong."""
+    if not isinstance(z0, Tensor) or not isinstance(t, Tensor):
+        raise TypeError(f"z0 and t must be tensors, got {type(z0).__name__} and {type(t).__name__}")
+    if not z0.is_floating_point():
+        raise TypeError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
+    if z0.dim() < 1:
+        raise ValueError(f"z0 must have a batch dimension, got shape {tuple(z0.shape)}")
+    if t.device != z0.device:
+        raise ValueError(f"z0 is on {z0.device} but t is on {t.device}; move them to one device")
+    if t.dim() == 1:
+        pass
+    elif t.dim() == 3 and t.shape[2] == 1:
+        if t.shape[1] != z0.shape[0]:
+            raise ValueError(
+                f"per-sample time grid t of shape {tuple(t.shape)} has batch {t.shape[1]} "
+                f"but z0 of shape {tuple(z0.shape)} has batch {z0.shape[0]}")
+    else:
+        raise ValueError(
+            f"t must have shape (T,) or (T, batch, 1), got {tuple(t.shape)}")
+    if t.shape[0] < 2:
+        raise ValueError(f"t needs at least 2 time points, got {t.shape[0]}")
+    if not t.is_floating_point():
+        t = t.to(z0.dtype)
+    t = t.to(z0.dtype)
+    if not torch.isfinite(t).all():
+        raise ValueError("t contains NaN or infinite values")
+    d = (t[1:] - t[:-1]).detach()
+    if not ((d > 0).all() or (d < 0).all()):
+        raise ValueError(
+            "t must be strictly monotonic (all increasing or all decreasing), "
+            f"got consecutive differences from {float(d.min()):.4g} to {float(d.max()):.4g}")
+    if not torch.isfinite(z0).all():
+        raise ValueError("z0 contains NaN or infinite values")
+    return t
+
+
+def _count(f: Callable, n: int = 1) -> None:
+    if isinstance(f, ODEF):
+        f.nfe += n
+
+
+def _solve_path(f: Callable, z0: Tensor, t: Tensor, opts: dict) -> Tensor:
+    """States at every time of the grid, shape (T, *z0.shape); differentiable."""
+    opts = dict(opts, _h=None)
+
+    def counted(z, tt):
+        _count(f)
+        return f(z, tt)
+
+    zs, z = [z0], z0
+    for i in range(t.shape[0] - 1):
+        iv = _Interval(t[i], t[i + 1], z0.dim())
+        z = _integrate(_forward_field(counted, iv), [z], iv, opts)[0]
+        _check_finite(z, "the state", iv)
+        zs.append(z)
+    return torch.stack(zs)
+
+
+def ode_solve(z0: Tensor, t0, t1, f: Callable, method: str = "euler", h_max: float = 0.05,
+              rtol: float = 1e-5, atol: float = 1e-7, max_steps: int = 100_000) -> Tensor:
+    """z(t1) from z(t0) = z0 under dz/dt = f(z, t): the post's `ode_solve`.
+
+    `t0`, `t1` are numbers, 0-d tensors or `(batch, 1)` tensors (one interval
+    per sample). Fixed-step methods take ceil(|t1 - t0| / h_max) equal steps.
+    """
+    t0 = torch.as_tensor(t0, dtype=z0.dtype, device=z0.device)
+    t1 = torch.as_tensor(t1, dtype=z0.dtype, device=z0.device)
+    t = torch.stack([t0, t1])
+    return odeint(f, z0, t, method, h_max, rtol, atol, max_steps)[-1]
+
+
+def odeint(f: Callable, z0: Tensor, t: Tensor, method: str = "euler", h_max: float = 0.05,
+           rtol: float = 1e-5, atol: float = 1e-7, max_steps: int = 100_000) -> Tensor:
+    """States at every time of `t` (`(T,)` or `(T, batch, 1)`), shape `(T, *z0.shape)`.
+
+    Differentiable by plain autograd through the solver's operations; use
+    `NeuralODE(adjoint=True)` for constant-memory gradients.
+    """
+    t = _check_inputs(z0, t)
+    return _solve_path(f, z0, t, _options(method, h_max, rtol, atol, max_steps))
+
+
+# ---------------------------------------------------------------------------
+# 2. Dynamics
+# ---------------------------------------------------------------------------
+class ODEF(nn.Module):
+    """Base class for dynamics dz/dt = f(z, t); subclasses define `forward(z, t)`.
+
+    `nfe` counts evaluations; `NeuralODE` reads it to report the forward and
+    backward pass separately.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nfe = 0
+
+    def forward_with_grad(self, z: Tensor, t: Tensor, grad_outputs: Tensor,
+                          params: Sequence[Tensor] | None = None, need_t: bool = True):
+        """f(z, t) and the vector-Jacobian products a·df/dz, a·df/dt, a·df/dp.
+
+        a·df/dp is a tuple with one tensor per parameter, in that parameter's
+        shape, summed over the batch by autograd (the post instead expanded a
+        `(batch, n_params)` tensor). a·df/dt has t's shape.
+        """
+        params = tuple(p for p in self.parameters() if p.requires_grad) if params is None \
+            else tuple(params)
+        _count(self)
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            t = t.detach().requires_grad_(need_t)
+            out = self(z, t)
+            inputs = (z, t) + params if need_t else (z,) + params
+            grads = torch.autograd.grad(out, inputs, grad_outputs, allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+        if need_t:
+            return out.detach(), grads[0], grads[1], tuple(grads[2:])
+        return out.detach(), grads[0], None, tuple(grads[1:])
+
+    def flatten_parameters(self) -> Tensor:
+        """All parameters as one flat vector, as in the post (handy for inspection)."""
+        return torch.cat([p.flatten() for p in self.parameters()])
+
+
+# ---------------------------------------------------------------------------
+# 3. The adjoint method
+# ---------------------------------------------------------------------------
+class ODEAdjoint(torch.autograd.Function):
+    """Gradients of z(t_i) by solving the adjoint system backwards in time.
+
+    The forward solve keeps no graph and saves only the states at the requested
+    times; the backward pass integrates the augmented state (z, a, a_p, a_t)
+    from t_N back to t_0 one interval at a time, adding each observation's
+    dL/dz(t_i) to a as it passes t_i. Memory is O(1) in the number of steps.
+    """
+
+    @staticmethod
+    def forward(ctx, z0: Tensor, t: Tensor, func: ODEF, opts: dict, *params: Tensor) -> Tensor:
+        with torch.no_grad():
+            z = _solve_path(func, z0, t, opts)
+        # Parameters are kept by reference (they are leaves of func's graph).
+        ctx.func, ctx.opts, ctx.params = func, opts, params
+        ctx.save_for_backward(t, z)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor):
+        t, z = ctx.saved_tensors
+        func, opts, params = ctx.func, dict(ctx.opts, _h=None), ctx.params
+        need_t = ctx.needs_input_grad[1]
+        need_p = [ctx.needs_input_grad[4 + i] for i in range(len(params))]
+        params_g = [p for p, need in zip(params, need_p) if need]
+        nfe0, n_p = func.nfe, len(params_g)
+        shared = t.dim() == 1
+        sum_dims = tuple(range(1, z.dim() - 1))  # a sample's state dims (per-sample t)
+
+        def time_grad(i: int) -> Tensor:
+            # dL/dt_i from observation i alone: f(z_i, t_i) · dL/dz_i.
+            _count(func)
+            with torch.no_grad():
+                prod = func(z[i], t[i]) * grad_z[i]
+            if shared:
+                return prod.sum()
+            return (prod.sum(dim=sum_dims) if sum_dims else prod).reshape(-1, 1)
+
+        with torch.no_grad():
+            a = torch.zeros_like(z[0])
+            a_p = [torch.zeros_like(p) for p in params_g]
+            a_t = torch.zeros_like(t[0]) if need_t else None
+            t_grad = torch.zeros_like(t) if need_t else None
+            for i in range(t.shape[0] - 1, 0, -1):
+                a = a + grad_z[i]
+                if need_t:
+                    t_grad[i] = time_grad(i)
+                    a_t = a_t - t_grad[i]
+                iv = _Interval(t[i - 1], t[i], z.dim() - 1)
+
+                def G(s, y, iv=iv):
+                    v = y[1] if iv.scale is None else y[1] * iv.scale
+                    f, vz, vt, vp = func.forward_with_grad(y[0], iv.time(s), v, params_g, need_t)
+                    if iv.scale is not None:
+                        f = f * iv.scale
+                    out = [f, -vz] + [-g for g in vp]
+                    if need_t:
+                        out.append(-vt)
+                    return out
+
+                y = [z[i], a] + a_p + ([a_t] if need_t else [])
+                y = _integrate(G, y, iv, opts, reverse=True)
+                a, a_p = y[1], y[2:2 + n_p]
+                if need_t:
+                    a_t = y[-1]
+                _check_finite(a, "the adjoint state", iv)
+            a = a + grad_z[0]
+            if need_t:
+                t_grad[0] = a_t
+        func.nfe_backward = func.nfe - nfe0
+        it = iter(a_p)
+        grad_params = [next(it) if need else None for need in need_p]
+        return (a, t_grad, None, None, *grad_params)
+
+
+# ---------------------------------------------------------------------------
+# 4. NeuralODE
+# ---------------------------------------------------------------------------
+class NeuralODE(nn.Module):
+    """z(t) from z(t_0) under learned dynamics `func`, as a layer.
+
+    `adjoint=True` uses `ODEAdjoint` (constant memory); `adjoint=False`
+    backpropagates through the solver's operations (the paper's RK-Net).
+    After a forward (and backward) pass, `nfe_forward` and `nfe_backward`
+    give the function evaluations of that pass.
+    """
+
+    def __init__(self, func: ODEF, method: str = "euler", h_max: float = 0.05,
+                 rtol: float = 1e-5, atol: float = 1e-7, adjoint: bool = True,
+                 max_steps: int = 100_000):
+        super().__init__()
+        if not isinstance(func, ODEF):
+            raise TypeError(f"func must be an ODEF, got {type(func).__name__}")
+        self.func = func
+        self.adjoint = adjoint
+        self.opts = _options(method, h_max, rtol, atol, max_steps)
+        self.nfe_forward = 0
+
+    @property
+    def nfe_backward(self) -> int:
+        return getattr(self.func, "nfe_backward", 0) if self.adjoint else 0
+
+    def forward(self, z0: Tensor, t: Tensor | None = None,
+                return_whole_sequence: bool = False) -> Tensor:
+        if t is None:
+            t = torch.tensor([0.0, 1.0], dtype=z0.dtype, device=z0.device)
+        t = _check_inputs(z0, t)
+        nfe0 = self.func.nfe
+        self.func.nfe_backward = 0
+        if self.adjoint:
+            params = [p for p in self.func.parameters()]
+            z = ODEAdjoint.apply(z0, t, self.func, self.opts, *params)
+        else:
+            z = _solve_path(self.func, z0, t, self.opts)
+        self.nfe_forward = self.func.nfe - nfe0
+        return z if return_whole_sequence else z[-1]
+
+
+# ---------------------------------------------------------------------------
+# 5. Dynamics shared by several notebooks
+# ---------------------------------------------------------------------------
+class LinearODEF(ODEF):
+    """dz/dt = W z: the linear dynamics of notebook 01 and the spiral data."""
+
+    def __init__(self, W: Tensor):
+        super().__init__()
+        d = W.shape[0]
+        self.lin = nn.Linear(d, d, bias=False)
+        W = torch.as_tensor(W)
+        self.lin.weight = nn.Parameter(W.clone() if W.is_floating_point() else W.float())
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.lin(x)
+
+
+class NNODEF(ODEF):
+    """dz/dt = MLP(z[, t]) with ELU activations, as in the post."""
+
+    def __init__(self, in_dim: int, hid_dim: int, time_invariant: bool = False):
+        super().__init__()
+        self.time_invariant = time_invariant
+        self.lin1 = nn.Linear(in_dim + (0 if time_invariant else 1), hid_dim)
+        self.lin2 = nn.Linear(hid_dim, hid_dim)
+        self.lin3 = nn.Linear(hid_dim, in_dim)
+        self.elu = nn.ELU(inplace=True)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if not self.time_invariant:
+            # t is 0-d (shared grid) or (batch, 1) (per-sample grids).
+            x = torch.cat((x, t.expand(*x.shape[:-1], 1)), dim=-1)
+        h = self.elu(self.lin1(x))
+        h = self.elu(self.lin2(h))
+        return self.lin3(h)
+
+
+# ---------------------------------------------------------------------------
+# 6. Notebook helpers
+# ---------------------------------------------------------------------------
+def get_device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU: the same code runs on both."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def get_budget(default: str = "quick") -> str:
+    """The run size from `NODE_BUDGET` (smoke, quick or full)."""
+    budget = os.environ.get("NODE_BUDGET", default).strip().lower()
+    if budget not in BUDGETS:
+        raise ValueError(
+            f"NODE_BUDGET={budget!r} is not a budget; use one of {', '.join(BUDGETS)}")
+    return budget
+
+
+def data_root() -> Path:
+    """Where datasets are read from: `NODE_DATA_ROOT`, else the repo's `data/`.
+
+    May be read-only (the Makefile points it at a shared copy of MNIST).
+    """
+    return Path(os.environ.get("NODE_DATA_ROOT") or REPO_ROOT / "data").resolve()
+
+
+def output_dir(*parts: str) -> Path:
+    """A writable folder under the repo's `data/` for caches and checkpoints."""
+    path = REPO_ROOT.joinpath("data", *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def plot_trajectories(obs=None, times=None, trajs=None, ax=None, title: str | None = None):
+    """The post's plot: observations coloured by time, trajectories as lines.
+
+    `obs`, `trajs`: lists of `(T, batch, 2)` arrays; `times`: matching `(T, batch, 1)`.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 6))
+    if obs is not None:
+        times = times if times is not None else [None] * len(obs)
+        for o, tt in zip(obs, times):
+            o = _np(o)
+            c = None if tt is None else _np(tt)[..., 0].ravel()
+            ax.scatter(o[..., 0].ravel(), o[..., 1].ravel(), c=c, s=8, cmap="cividis")
+    if trajs is not None:
+        for z in trajs:
+            z = _np(z)
+            for b in range(z.shape[1]):
+                ax.plot(z[:, b, 0], z[:, b, 1], lw=1.5)
+    if title:
+        ax.set_title(title)
+    ax.set_aspect("equal", adjustable="datalim")
+    return ax
+
+
+def figure_to_image(fig):
+    """A matplotlib figure as a Pillow image (a GIF frame)."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
+
+
+def save_gif(frames: list, path: str | Path, fps: float = 5.0) -> Path:
+    """Write Pillow images (or matplotlib figures) as a looping GIF."""
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    images = [f if hasattr(f, "save") and not hasattr(f, "canvas") else figure_to_image(f)
+              for f in frames]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:],
+                   duration=int(1000 / fps), loop=0)
+    return path

@@ -1,0 +1,446 @@
+"""odecore against independent answers: exact solutions, autograd, gradcheck."""
+
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from odecore import (
+    NNODEF,
+    ODEF,
+    LinearODEF,
+    NeuralODE,
+    ODEAdjoint,
+    ODESolveError,
+    get_budget,
+    ode_solve,
+    odeint,
+    save_gif,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+A_TRUE = [[-0.1, -1.0], [1.0, -0.1]]
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Fail instead of hanging (pytest-timeout is not a dependency)."""
+    def handler(signum, frame):
+        raise TimeoutError(f"took longer than {seconds} s")
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# --------------------------------------------------------------------------
+# The linear test problem: z(t) = expm(A (t - t0)) z0, differentiable exactly.
+# --------------------------------------------------------------------------
+def exact_path(A, z0, t):
+    """(T, batch, 2) exact states for a shared (T,) or per-sample (T, batch, 1) grid."""
+    if t.dim() == 1:
+        E = torch.linalg.matrix_exp(A * (t - t[0]).reshape(-1, 1, 1))
+        return torch.einsum("tij,bj->tbi", E, z0)
+    E = torch.linalg.matrix_exp(A * (t - t[0]).unsqueeze(-1))  # (T, batch, 2, 2)
+    return torch.einsum("tbij,bj->tbi", E, z0)
+
+
+GRIDS = {
+    "shared": lambda: torch.tensor([0.0, 0.4, 1.2, 2.0], dtype=torch.float64),
+    "shared-backward": lambda: torch.tensor([2.0, 1.2, 0.4, 0.0], dtype=torch.float64),
+    # per-sample grids: each sample has its own times; intervals divide 0.4 evenly
+    # for the first sample, which has the longest intervals.
+    "per-sample": lambda: torch.tensor(
+        [[0.0, 0.1, -0.3], [0.4, 0.3, -0.1], [1.2, 1.0, 0.2], [2.0, 1.5, 0.7]],
+        dtype=torch.float64).unsqueeze(-1),
+    "per-sample-backward": lambda: torch.tensor(
+        [[2.0, 1.5, 0.7], [1.2, 1.0, 0.2], [0.4, 0.3, -0.1], [0.0, 0.1, -0.3]],
+        dtype=torch.float64).unsqueeze(-1),
+}
+
+
+def problem(grid):
+    torch.manual_seed(1)
+    A = torch.tensor(A_TRUE, dtype=torch.float64) + 0.1 * torch.randn(2, 2, dtype=torch.float64)
+    t = GRIDS[grid]()
+    z0 = torch.randn(3, 2, dtype=torch.float64)
+    w = torch.randn(t.shape[0], 3, 2, dtype=torch.float64)  # L = sum_i <w_i, z(t_i)>
+    return A, z0, t, w
+
+
+def exact_grads(A, z0, t, w):
+    A, z0, t = (x.clone().requires_grad_() for x in (A, z0, t))
+    (exact_path(A, z0, t) * w).sum().backward()
+    return z0.grad, A.grad, t.grad
+
+
+def adjoint_grads(A, z0, t, w, **opts):
+    func = LinearODEF(A)
+    ode = NeuralODE(func, **opts)
+    z0, t = z0.clone().requires_grad_(), t.clone().requires_grad_()
+    (ode(z0, t, return_whole_sequence=True) * w).sum().backward()
+    return z0.grad, func.lin.weight.grad, t.grad
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def observed_orders(errors):
+    return [math.log2(e0 / e1) for e0, e1 in zip(errors, errors[1:])]
+
+
+# --------------------------------------------------------------------------
+# Solver order
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("method,order,hs", [
+    ("euler", 1, [0.05, 0.025, 0.0125, 0.00625]),
+    ("rk4", 4, [0.4, 0.2, 0.1, 0.05]),
+])
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_solver_order(method, order, hs, grid):
+    A, z0, t, _ = problem(grid)
+    exact = exact_path(A, z0, t)
+    with torch.no_grad():
+        errors = [float((odeint(LinearODEF(A), z0, t, method, h) - exact).abs().max())
+                  for h in hs]
+    for p in observed_orders(errors):
+        assert abs(p - order) <= 0.3, (errors, observed_orders(errors))
+
+
+def test_dopri5_error_tracks_tolerance_and_nfe_grows():
+    A, z0, t, _ = problem("shared")
+    exact = exact_path(A, z0, t)
+    nfes = []
+    for rtol in [1e-3, 1e-5, 1e-7, 1e-9]:
+        f = LinearODEF(A)
+        z = odeint(f, z0, t, "dopri5", rtol=rtol, atol=rtol * 1e-2)
+        err = float(((z - exact).abs() / exact.abs().clamp_min(1e-2)).max())
+        assert err < 10 * rtol, (rtol, err)
+        nfes.append(f.nfe)
+    assert all(b > a for a, b in zip(nfes, nfes[1:])), nfes
+
+
+def test_fixed_step_count_matches_post():
+    """ceil(|t1 - t0| / h_max) equal steps per interval, one evaluation each for Euler."""
+    f = LinearODEF(torch.tensor(A_TRUE))
+    odeint(f, torch.ones(1, 2), torch.tensor([0.0, 1.0, 1.26]), "euler", 0.1)
+    assert f.nfe == 10 + 3
+    f.nfe = 0
+    ode_solve(torch.ones(1, 2), 0.0, 1.0, f, method="rk4", h_max=0.25)
+    assert f.nfe == 4 * 4
+
+
+# --------------------------------------------------------------------------
+# Adjoint gradients against the exact gradients of the linear ODE
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("method,order,hs", [
+    ("euler", 1, [0.025, 0.0125, 0.00625]),
+    ("rk4", 4, [0.2, 0.1, 0.05]),
+])
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_adjoint_converges_at_solver_order(method, order, hs, grid):
+    A, z0, t, w = problem(grid)
+    exact = exact_grads(A, z0, t, w)
+    errs = np.array([[rel_err(g, e) for g, e in zip(adjoint_grads(A, z0, t, w, method=method,
+                                                                   h_max=h), exact)]
+                     for h in hs])
+    for name, col in zip(["z0", "A", "t"], errs.T):
+        for p in observed_orders(list(col)):
+            assert abs(p - order) <= 0.3, (name, col, observed_orders(list(col)))
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_adjoint_rk4_fine_and_dopri5_match_exact(grid):
+    A, z0, t, w = problem(grid)
+    exact = exact_grads(A, z0, t, w)
+    for opts in [dict(method="rk4", h_max=0.0125),
+                 dict(method="dopri5", rtol=1e-10, atol=1e-12)]:
+        for name, g, e in zip(["z0", "A", "t"], adjoint_grads(A, z0, t, w, **opts), exact):
+            assert g.shape == e.shape
+            assert rel_err(g, e) < 1e-6, (opts, name, rel_err(g, e))
+
+
+def test_each_time_gradient_is_right():
+    """The post's time-gradient slips, each checked on its own time point.
+
+    Sign at the last point, the accumulator returned for interior points, a
+    stale f at t0, and a division by the batch size: any of them moves one of
+    these entries by far more than the tolerance.
+    """
+    A, z0, t, w = problem("shared")
+    g_exact = exact_grads(A, z0, t, w)[2]
+    g = adjoint_grads(A, z0, t, w, method="rk4", h_max=0.0125)[2]
+    for i in range(len(t)):
+        assert abs(float(g[i] - g_exact[i])) < 1e-6 * float(g_exact.abs().max()), (i, g, g_exact)
+    # the last point: dL/dt_N = f(z_N)·dL/dz_N exactly, with its sign
+    zN = exact_path(A, z0, t)[-1]
+    assert torch.allclose(g[-1], ((zN @ A.T) * w[-1]).sum(), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Adjoint against autograd through the same solver, on nonlinear dynamics
+# --------------------------------------------------------------------------
+def grads_through(func, z0, t, w, adjoint, **opts):
+    func.zero_grad()
+    z0, t = z0.clone().requires_grad_(), t.clone().requires_grad_()
+    ode = NeuralODE(func, adjoint=adjoint, **opts)
+    (ode(z0, t, return_whole_sequence=True) * w).sum().backward()
+    return [z0.grad, t.grad] + [p.grad.clone() for p in func.parameters()]
+
+
+@pytest.mark.parametrize("time_invariant", [True, False])
+@pytest.mark.parametrize("grid", ["shared", "per-sample-backward"])
+def test_adjoint_matches_autograd_through_solver(time_invariant, grid):
+    torch.manual_seed(2)
+    func = NNODEF(2, 16, time_invariant=time_invariant).double()
+    _, z0, t, w = problem(grid)
+    opts = dict(method="rk4", h_max=0.02)
+    ga = grads_through(func, z0, t, w, True, **opts)
+    gb = grads_through(func, z0, t, w, False, **opts)
+    for a, b in zip(ga, gb):
+        assert a.shape == b.shape
+        assert rel_err(a, b) < 1e-6, rel_err(a, b)
+
+
+def test_gradcheck_adjoint_and_direct():
+    torch.manual_seed(3)
+    func = NNODEF(2, 8, time_invariant=False).double()
+    params = list(func.parameters())
+    z0 = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
+    # Times off the step grid: the number of fixed steps, ceil(dt / h_max), must
+    # not jump under gradcheck's finite-difference perturbation.
+    t = torch.tensor([0.0, 0.47, 1.0], dtype=torch.float64, requires_grad=True)
+    opts = dict(method="rk4", h_max=0.03, rtol=1e-5, atol=1e-7, max_steps=10_000)
+    # The adjoint solves a different (continuous) problem than the discrete
+    # forward, so it matches finite differences up to O(h^4), well inside atol.
+    assert torch.autograd.gradcheck(
+        lambda z, tt, *p: ODEAdjoint.apply(z, tt, func, opts, *p), (z0, t, *params[:2]),
+        atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(
+        lambda z, tt: odeint(func, z, tt, "rk4", 0.1), (z0, t))
+
+
+def test_parameter_gradient_shapes_and_batch_sum():
+    torch.manual_seed(4)
+    func = NNODEF(2, 16, time_invariant=False).double()
+    z0 = torch.randn(5, 2, dtype=torch.float64)
+    t = torch.linspace(0, 1, 4, dtype=torch.float64)
+    ode = NeuralODE(func, method="rk4", h_max=0.1)
+    ode(z0, t).pow(2).sum().backward()
+    total = [p.grad.clone() for p in func.parameters()]
+    for p, g in zip(func.parameters(), total):
+        assert g.shape == p.shape
+    summed = [torch.zeros_like(g) for g in total]
+    for b in range(5):
+        func.zero_grad()
+        ode(z0[b:b + 1], t).pow(2).sum().backward()
+        summed = [s + p.grad for s, p in zip(summed, func.parameters())]
+    for a, b in zip(total, summed):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_with_grad_vjps():
+    torch.manual_seed(5)
+    func = NNODEF(3, 8).double()
+    z, t = torch.randn(4, 3, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
+    a = torch.randn(4, 3, dtype=torch.float64)
+    f, adz, adt, adp = func.forward_with_grad(z, t, a)
+    J = torch.autograd.functional.jacobian(lambda zz: func(zz, t), z)  # (4,3,4,3)
+    assert torch.allclose(adz, torch.einsum("bi,bicj->cj", a, J))
+    eps = 1e-6
+    fd = ((func(z, t + eps) - func(z, t - eps)) / (2 * eps) * a).sum()
+    assert torch.allclose(adt, fd, rtol=1e-6)
+    assert len(adp) == len(list(func.parameters()))
+    assert func.flatten_parameters().numel() == sum(p.numel() for p in func.parameters())
+
+
+def test_nfe_reported_for_forward_and_backward():
+    func = LinearODEF(torch.tensor(A_TRUE))
+    ode = NeuralODE(func, method="euler", h_max=0.1)
+    z0 = torch.ones(2, 2, requires_grad=True)
+    ode(z0).sum().backward()
+    assert ode.nfe_forward == 10
+    assert ode.nfe_backward == 10  # t needs no gradient: no extra evaluations
+
+
+# --------------------------------------------------------------------------
+# Memory: the adjoint keeps no per-step graph
+# --------------------------------------------------------------------------
+def saved_bytes(adjoint, n_steps):
+    func = NNODEF(64, 64, time_invariant=True)
+    z0 = torch.randn(32, 64, requires_grad=True)
+    ode = NeuralODE(func, method="euler", h_max=1.0 / n_steps, adjoint=adjoint)
+    total = [0]
+
+    def pack(x):
+        total[0] += x.numel() * x.element_size()
+        return x
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out = ode(z0)
+    out.sum().backward()
+    return total[0]
+
+
+def test_adjoint_saves_the_same_for_10_and_1000_steps():
+    assert saved_bytes(True, 1000) == saved_bytes(True, 10)
+    # the measure can fail: backprop through the solver saves per step
+    assert saved_bytes(False, 1000) > 50 * saved_bytes(False, 10) / 2
+
+
+PEAK_SCRIPT = textwrap.dedent("""
+    import resource, sys, torch
+    sys.path.insert(0, {root!r})
+    from odecore import NNODEF, NeuralODE
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    adjoint, steps = sys.argv[1] == "1", int(sys.argv[2])
+    func = NNODEF(256, 256, time_invariant=True)
+    z0 = torch.randn(256, 256, requires_grad=True)
+    ode = NeuralODE(func, method="euler", h_max=1.0 / steps, adjoint=adjoint)
+    ode(z0).sum().backward()   # warm-up: allocator and kernels
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ode(z0).sum().backward()
+    print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""")
+
+
+def peak_growth_mb(adjoint, steps):
+    """Peak resident memory of a training step in a fresh process, above the warm-up."""
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT.format(root=str(ROOT)),
+                          "1" if adjoint else "0", str(steps)],
+                         capture_output=True, text=True, check=True, timeout=300)
+    before, after = map(int, out.stdout.split())
+    return after / 1024, (after - before) / 1024
+
+
+def test_peak_memory_of_a_training_step_is_flat_with_adjoint():
+    peak10, _ = peak_growth_mb(True, 10)
+    peak1000, _ = peak_growth_mb(True, 1000)
+    direct10, _ = peak_growth_mb(False, 10)
+    direct200, _ = peak_growth_mb(False, 200)
+    # each step of the direct path saves ~0.5 MB of activations (256x256 float32 x2)
+    assert peak1000 < peak10 * 1.2 + 10, (peak10, peak1000)
+    assert direct200 > direct10 + 50, (direct10, direct200)  # the measure can fail
+
+
+# --------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------
+def linear():
+    return NeuralODE(LinearODEF(torch.tensor(A_TRUE)))
+
+
+@pytest.mark.parametrize("z0,t,exc,match", [
+    (torch.ones(2, 2), torch.zeros(2, 2), ValueError, r"shape \(T,\) or \(T, batch, 1\)"),
+    (torch.ones(2, 2), torch.tensor([0.0]), ValueError, "at least 2 time points"),
+    (torch.ones(2, 2), torch.tensor([0.0, 1.0, 0.5]), ValueError, "strictly monotonic"),
+    (torch.ones(2, 2), torch.tensor([0.0, 1.0, 1.0]), ValueError, "strictly monotonic"),
+    (torch.ones(2, 2), torch.zeros(3, 4, 1), ValueError, "has batch 4 .* batch 2"),
+    (torch.ones(2, 2, dtype=torch.long), torch.tensor([0.0, 1.0]), TypeError, "floating-point"),
+    (torch.ones(2, 2), torch.tensor([0.0, float("nan")]), ValueError, "NaN"),
+    (torch.full((2, 2), float("inf")), torch.tensor([0.0, 1.0]), ValueError, "z0 contains"),
+])
+def test_bad_input_errors(z0, t, exc, match):
+    with pytest.raises(exc, match=match):
+        linear()(z0, t)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="unknown method"):
+        NeuralODE(NNODEF(2, 4), method="rk45")
+    with pytest.raises(ValueError, match="h_max"):
+        NeuralODE(NNODEF(2, 4), h_max=0)
+    with pytest.raises(ValueError, match="max_steps"):
+        odeint(NNODEF(2, 4), torch.ones(1, 2), torch.tensor([0.0, 1e3]), h_max=1e-3,
+               max_steps=1000)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_path_and_device_mismatch():
+    func = LinearODEF(torch.tensor(A_TRUE)).cuda()
+    z0 = torch.ones(2, 2, device="cuda", requires_grad=True)
+    NeuralODE(func)(z0).sum().backward()
+    assert z0.grad.is_cuda
+    with pytest.raises(ValueError, match="device"):
+        NeuralODE(func)(z0, torch.tensor([0.0, 1.0]))
+
+
+def test_device_mismatch_is_named():
+    t = torch.tensor([0.0, 1.0], device="meta")
+    with pytest.raises(ValueError, match="device"):
+        linear()(torch.ones(2, 2), t)
+
+
+class Exploding(ODEF):
+    def forward(self, z, t):
+        return torch.where(t > 0.5, torch.full_like(z, float("nan")), z)
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "dopri5"])
+def test_nan_in_dynamics_raises_with_the_time(method):
+    with time_limit(30), pytest.raises(ODESolveError, match=r"t=|NaN|infinite"):
+        odeint(Exploding(), torch.ones(2, 2), torch.tensor([0.0, 0.4, 1.0]), method, 0.1)
+
+
+def test_nan_in_the_backward_pass_raises():
+    class NaNGrad(ODEF):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def forward(self, z, t):
+            return self.w * torch.sqrt(z - 1.0)  # d/dz is infinite at z = 1
+
+    z0 = torch.ones(2, 2, requires_grad=True)
+    with time_limit(30), pytest.raises(ODESolveError, match="adjoint"):
+        NeuralODE(NaNGrad(), h_max=0.1)(z0).sum().backward()
+
+
+def test_impossible_tolerance_raises_instead_of_hanging():
+    class Stiff(ODEF):
+        def forward(self, z, t):
+            return -1e6 * z * torch.sin(1e4 * t)
+
+    match = "dopri5 (step size underflow|exceeded)"
+    with time_limit(60), pytest.raises(ODESolveError, match=match):
+        odeint(Stiff(), torch.ones(1, 2, dtype=torch.float64),
+               torch.tensor([0.0, 10.0], dtype=torch.float64), "dopri5",
+               rtol=1e-300, atol=1e-300, max_steps=2000)
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+def test_budget(monkeypatch):
+    monkeypatch.setenv("NODE_BUDGET", "smoke")
+    assert get_budget() == "smoke"
+    monkeypatch.setenv("NODE_BUDGET", "huge")
+    with pytest.raises(ValueError, match="smoke, quick, full"):
+        get_budget()
+
+
+def test_save_gif(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    frames = []
+    for k in range(3):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, k])
+        frames.append(fig)
+    path = save_gif(frames, tmp_path / "x.gif", fps=4)
+    with Image.open(path) as im:
+        assert im.n_frames == 3
