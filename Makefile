@@ -38,5 +38,9 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(PY) -m jupyter lab --notebook-dir=notebooks
 
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) benchmarks/bench.py --threads 1
+
 clean:
 	rm -rf $(VENV)

@@ -56,14 +56,16 @@ State = list  # list[Tensor]
 
 
 def _axpy(y: State, h: float, coeffs: Sequence[float], ks: Sequence[State]) -> State:
-    """y + h * sum_j coeffs[j] * ks[j], part by part, skipping zero coefficients."""
-    out = []
-    for i, yi in enumerate(y):
-        for c, k in zip(coeffs, ks):
-            if c != 0.0:
-                yi = torch.add(yi, k[i], alpha=h * c)
-        out.append(yi)
-    return out
+    """y + h * sum_j coeffs[j] * ks[j], part by part, skipping zero coefficients.
+
+    `torch._foreach_add` updates every part in one call: with a parameter
+    adjoint per weight tensor, per-part Python loops would dominate small models.
+    """
+    out = y
+    for c, k in zip(coeffs, ks):
+        if c != 0.0:
+            out = torch._foreach_add(out, k, alpha=h * c)
+    return list(out)
 
 
 def _fixed_steps(G: Callable, y: State, span: float, n: int, method: str) -> State:
@@ -99,14 +101,16 @@ _DP_E = tuple(b5 - b4 for b5, b4 in zip(_DP_B5 + (0.0,), _DP_B4))
 def _error_norm(err: State, y0: State, y1: State, rtol: float, atol: float) -> float:
     """Max over the parts of each part's RMS scaled error (torchdiffeq's mixed norm)."""
     worst = 0.0
-    for e, a, b in zip(err, y0, y1):
-        scale = atol + rtol * torch.maximum(a.abs(), b.abs())
-        worst = max(worst, float((e / scale).pow(2).mean().sqrt()))
+    with torch.no_grad():  # step control is not part of the gradient
+        for e, a, b in zip(err, y0, y1):
+            scale = atol + rtol * torch.maximum(a.abs(), b.abs())
+            worst = max(worst, float((e / scale).pow(2).mean().sqrt()))
     return worst
 
 
 def _rms(y: State, scale: State) -> float:
-    return max(float((a / s).pow(2).mean().sqrt()) for a, s in zip(y, scale))
+    with torch.no_grad():
+        return max(float((a / s).pow(2).mean().sqrt()) for a, s in zip(y, scale))
 
 
 def _first_step(G, y0: State, f0: State, span: float, rtol: float, atol: float) -> float:
@@ -122,6 +126,16 @@ def _first_step(G, y0: State, f0: State, span: float, rtol: float, atol: float) 
     return min(100 * h0, h1)
 
 
+def _step_factor(ratio: float) -> float:
+    """Next step / this step: 0.9 ratio^(-1/5), within [0.2, 10]; never shrink on accept."""
+    if not math.isfinite(ratio):
+        return 0.2
+    if ratio == 0:
+        return 10.0
+    lo, hi = (1.0, 10.0) if ratio <= 1.0 else (0.2, 1.0)
+    return min(hi, max(lo, 0.9 * ratio ** -0.2))
+
+
 def _dopri5(G, y: State, span: float, opts: dict, where: Callable[[float], str]) -> State:
     """Adaptive Dormand-Prince 5(4) from s = 0 to s = span, landing exactly on span."""
     rtol, atol, max_steps = opts["rtol"], opts["atol"], opts["max_steps"]
@@ -134,8 +148,8 @@ def _dopri5(G, y: State, span: float, opts: dict, where: Callable[[float], str])
     nonfinite = False
     for _ in range(max_steps):
         last = h >= end - s
-        if last:
-            h = end - s
+        if last:  # clip to land on the interval's end; remember the proposal
+            h_proposed, h = h, end - s
         if h <= 1e-12 * end and not last:
             why = ("the state or its derivative turned NaN or infinite" if nonfinite
                    else f"cannot meet rtol={rtol:g}, atol={atol:g}")
@@ -152,17 +166,11 @@ def _dopri5(G, y: State, span: float, opts: dict, where: Callable[[float], str])
         if ratio <= 1.0:  # accept
             y, k1 = y_new, k_new
             if last:
-                if ratio > 0:  # carry a sensible step into the next interval
-                    opts["_h"] = h * min(10.0, max(0.2, 0.9 * ratio ** -0.2))
+                # the next interval starts with the controller's step, not the clipped one
+                opts["_h"] = max(h_proposed, h * _step_factor(ratio))
                 return y
             s = s + h
-        if not math.isfinite(ratio):
-            factor = 0.2
-        else:
-            factor = min(10.0, max(0.2, 0.9 * ratio ** -0.2)) if ratio > 0 else 10.0
-            if ratio > 1.0:
-                factor = min(1.0, factor)
-        h = h * factor
+        h = h * _step_factor(ratio)
     raise ODESolveError(
         f"dopri5 exceeded max_steps={max_steps} {where(direction * s)} "
         f"(rtol={rtol:g}, atol={atol:g})")
@@ -433,13 +441,14 @@ class ODEAdjoint(torch.autograd.Function):
                 iv = _Interval(t[i - 1], t[i], z.dim() - 1)
 
                 def G(s, y, iv=iv):
-                    v = y[1] if iv.scale is None else y[1] * iv.scale
+                    # da/dt = -a·df/dz etc.: one vjp with -a gives every minus sign.
+                    v = -y[1] if iv.scale is None else y[1] * -iv.scale
                     f, vz, vt, vp = func.forward_with_grad(y[0], iv.time(s), v, params_g, need_t)
                     if iv.scale is not None:
                         f = f * iv.scale
-                    out = [f, -vz] + [-g for g in vp]
+                    out = [f, vz, *vp]
                     if need_t:
-                        out.append(-vt)
+                        out.append(vt)
                     return out
 
                 y = [z[i], a] + a_p + ([a_t] if need_t else [])
