@@ -32,7 +32,8 @@ from torch import Tensor, nn
 __all__ = [
     "ODESolveError", "ode_solve", "odeint", "ODEF", "ODEAdjoint", "NeuralODE",
     "LinearODEF", "NNODEF", "get_device", "get_budget", "data_root", "output_dir",
-    "seed_everything", "plot_trajectories", "save_gif", "BUDGETS", "METHODS",
+    "seed_everything", "plot_trajectories", "figure_to_image", "save_gif", "peak_memory_mb",
+    "BUDGETS", "METHODS",
 ]
 
 METHODS = ("euler", "rk4", "dopri5")
@@ -582,6 +583,36 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
+    """Memory (MB) that `fn()` adds at its peak, above what was in use before it.
+
+    On CUDA: the caching allocator's peak. On the CPU (Linux): the resident-set
+    high-water mark, reset just before the call. Memory an earlier call freed
+    but the allocator kept can hide part of the peak, so measure in a fresh
+    process after a small warm-up (notebook 02 and the benchmarks do).
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    status = Path("/proc/self/status")
+    if not status.exists():
+        raise RuntimeError("peak_memory_mb needs Linux's /proc on the CPU")
+
+    def read(key: str) -> int:  # kB
+        for line in status.read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+        raise RuntimeError(f"{key} not in /proc/self/status")
+    base = read("VmRSS:")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    fn()
+    return (read("VmHWM:") - base) / 1024
 
 
 def _np(x) -> np.ndarray:

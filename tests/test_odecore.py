@@ -1,6 +1,7 @@
 """odecore against independent answers: exact solutions, autograd, gradcheck."""
 
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -299,9 +300,9 @@ def test_adjoint_saves_the_same_for_10_and_1000_steps():
 
 
 PEAK_SCRIPT = textwrap.dedent("""
-    import resource, sys, torch
+    import sys, torch
     sys.path.insert(0, {root!r})
-    from odecore import ODEF, NeuralODE
+    from odecore import ODEF, NeuralODE, peak_memory_mb
     torch.set_num_threads(1)
 
     class Squash(ODEF):  # cheap per step, large state: memory shows, time does not
@@ -315,18 +316,20 @@ PEAK_SCRIPT = textwrap.dedent("""
     adjoint, steps = sys.argv[1] == "1", int(sys.argv[2])
     z0 = torch.randn(256, 512, requires_grad=True)   # 0.5 MB of float32
     ode = NeuralODE(Squash(), method="euler", h_max=1.0 / steps, adjoint=adjoint)
-    ode(z0).sum().backward()   # warm-up: allocator and kernels
-    ode(z0).sum().backward()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    NeuralODE(Squash(), method="euler", h_max=1.0)(z0).sum().backward()  # warm-up, 1 step
+    print(peak_memory_mb(lambda: ode(z0).sum().backward()))
 """)
 
 
 def peak_mb(configs):
     """Peak resident memory (MB) of training steps, one fresh process per configuration."""
+    # glibc's dynamic mmap threshold would keep freed blocks resident: turn it off
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     procs = [subprocess.Popen([sys.executable, "-c", PEAK_SCRIPT.format(root=str(ROOT)),
                                "1" if adjoint else "0", str(steps)],
-                              stdout=subprocess.PIPE, text=True) for adjoint, steps in configs]
-    return [int(p.communicate(timeout=300)[0]) / 1024 for p in procs]
+                              stdout=subprocess.PIPE, text=True, env=env)
+             for adjoint, steps in configs]
+    return [float(p.communicate(timeout=300)[0]) for p in procs]
 
 
 def test_peak_memory_of_a_training_step_is_flat_with_adjoint():
@@ -334,7 +337,7 @@ def test_peak_memory_of_a_training_step_is_flat_with_adjoint():
         [(True, 10), (True, 1000), (False, 10), (False, 200)])
     assert adj1000 < adj10 * 1.2, (adj10, adj1000)
     # each step of the direct path keeps ~1 MB (tanh's input and output): the measure can fail
-    assert direct200 > direct10 + 50, (direct10, direct200)
+    assert direct200 > direct10 + 100, (direct10, direct200)
 
 
 # --------------------------------------------------------------------------
