@@ -450,3 +450,38 @@ def test_save_gif(tmp_path):
     path = save_gif(frames, tmp_path / "x.gif", fps=4)
     with Image.open(path) as im:
         assert im.n_frames == 3
+
+
+# --------------------------------------------------------------------------
+# What f receives as t, and the post's single-interval ode_solve
+# --------------------------------------------------------------------------
+class Recorder(ODEF):
+    def __init__(self):
+        super().__init__()
+        self.shapes = set()
+
+    def forward(self, z, t):
+        self.shapes.add(tuple(t.shape))
+        return -z * (1 + t)
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "dopri5"])
+def test_f_receives_t_in_one_form_for_every_solver(method):
+    z0 = torch.ones(3, 2)
+    f = Recorder()
+    odeint(f, z0, torch.tensor([0.0, 0.5, 1.0]), method, 0.1)
+    assert f.shapes == {()}
+    f = Recorder()
+    odeint(f, z0, torch.rand(3, 3, 1).cumsum(0) + 0.1, method, 0.1)
+    assert f.shapes == {(3, 1)}
+
+
+def test_ode_solve_single_interval_shared_and_per_sample():
+    A = torch.tensor(A_TRUE, dtype=torch.float64)
+    z0 = torch.randn(2, 2, dtype=torch.float64)
+    t1 = torch.tensor([[1.0], [0.5]], dtype=torch.float64)
+    z1 = ode_solve(z0, torch.zeros(2, 1, dtype=torch.float64), t1, LinearODEF(A), "rk4", 0.01)
+    exact = torch.stack([torch.linalg.matrix_exp(A * float(t)) @ z for t, z in zip(t1, z0)])
+    assert torch.allclose(z1, exact, atol=1e-9)
+    back = ode_solve(z1[:1], 1.0, 0.0, LinearODEF(A), "rk4", 0.01)  # backward in time
+    assert torch.allclose(back, z0[:1], atol=1e-9)
