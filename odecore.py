@@ -201,14 +201,14 @@ class _Interval:
         # needs the step to be a tensor too, so use the scaled form then.
         if t0.dim() == 0 and not (t0.requires_grad or t1.requires_grad):
             self.scale = None
-            self.span = float(t1 - t0)
+            self.span = float((t1 - t0).detach())
             self.max_dt = abs(self.span)
         else:
             dt = t1 - t0
             self.dt = dt
             self.scale = dt.reshape(-1, *([1] * (z_dim - 1)))
             self.span = 1.0
-            self.max_dt = float(dt.abs().max())
+            self.max_dt = float(dt.detach().abs().max())
 
     def time(self, s: float) -> Tensor:
         if self.scale is None:
