@@ -478,7 +478,7 @@ def _progress(n: int, desc: str, enabled: bool):
     with warnings.catch_warnings():  # no ipywidgets here: tqdm falls back to text bars
         warnings.simplefilter("ignore")
         from tqdm.auto import tqdm
-    return tqdm(range(n), desc=desc, mininterval=2.0)
+    return tqdm(range(n), desc=desc, mininterval=10.0)
 
 
 def train_vae(vae: ODEVAE, data: SpiralData, cfg: TrainConfig, noise_std: float = 0.02,
