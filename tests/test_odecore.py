@@ -140,6 +140,9 @@ def test_fixed_step_count_matches_post():
     f.nfe = 0
     ode_solve(torch.ones(1, 2), 0.0, 1.0, f, method="rk4", h_max=0.25)
     assert f.nfe == 4 * 4
+    f.nfe = 0  # float32 rounding of an interval must not add a step
+    odeint(f, torch.ones(1, 2), torch.tensor([4.2, 4.4]), "euler", h_max=0.2)
+    assert f.nfe == 1
 
 
 # --------------------------------------------------------------------------
