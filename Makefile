@@ -15,6 +15,14 @@ NODE_DATA_ROOT ?= $(if $(wildcard $(SHARED_DATA)/MNIST/raw/*),$(SHARED_DATA),$(C
 export NODE_DATA_ROOT
 NODE_BUDGET ?= quick
 
+# On x86 CPUs with AVX2, use PyTorch's AVX2 kernels: on this project's AVX-512
+# machines (AMD EPYC) torch 2.14's AVX-512 expm1, which ELU uses, measured
+# 8x slower than its AVX2 one (376 vs 47 us for 32k floats). Override freely.
+ifneq ($(shell grep -qs avx2 /proc/cpuinfo && echo yes),)
+ATEN_CPU_CAPABILITY ?= avx2
+export ATEN_CPU_CAPABILITY
+endif
+
 .PHONY: venv run test lab bench clean
 
 venv: $(STAMP)

@@ -59,10 +59,18 @@ State = list  # list[Tensor]
 def _axpy(y: State, h: float, coeffs: Sequence[float], ks: Sequence[State]) -> State:
     """y + h * sum_j coeffs[j] * ks[j], part by part, skipping zero coefficients.
 
-    `torch._foreach_add` updates every part in one call: with a parameter
-    adjoint per weight tensor, per-part Python loops would dominate small models.
+    Without a graph, `torch._foreach_add` updates every part in one call: with a
+    parameter adjoint per weight tensor, per-part Python loops would dominate
+    small models. When backpropagating through the solver, plain `torch.add`
+    is used instead: its backward needs no saved tensors, while the foreach
+    version keeps two state-sized tensors alive per step.
     """
     out = y
+    if torch.is_grad_enabled():
+        for c, k in zip(coeffs, ks):
+            if c != 0.0:
+                out = [torch.add(a, b, alpha=h * c) for a, b in zip(out, k)]
+        return list(out)
     for c, k in zip(coeffs, ks):
         if c != 0.0:
             out = torch._foreach_add(out, k, alpha=h * c)

@@ -321,7 +321,8 @@ def report(results, threads, elapsed):
         "# odecore against torchdiffeq",
         "",
         f"Measured {dt.date.today().isoformat()} by `make bench` on {cpu}, "
-        f"{threads} thread(s), CPU only; Python {platform.python_version()}, "
+        f"{threads} thread(s), CPU only, PyTorch CPU kernels "
+        f"{torch.backends.cpu.get_cpu_capability()}; Python {platform.python_version()}, "
         f"torch {torch.__version__}, torchdiffeq {torchdiffeq.__version__}. "
         f"Whole run: {elapsed:.0f} s.",
         "",
