@@ -339,8 +339,8 @@ def test_peak_memory_of_a_training_step_is_flat_with_adjoint():
     adj10, adj1000, direct10, direct200 = peak_mb(
         [(True, 10), (True, 1000), (False, 10), (False, 200)])
     assert adj1000 < adj10 * 1.2, (adj10, adj1000)
-    # each step of the direct path keeps ~1 MB (tanh's input and output): the measure can fail
-    assert direct200 > direct10 + 100, (direct10, direct200)
+    # each step of the direct path keeps tanh's output (0.5 MB): the measure can fail
+    assert direct200 > direct10 + 50, (direct10, direct200)
 
 
 # --------------------------------------------------------------------------
