@@ -23,7 +23,10 @@ import copy
 import hashlib
 import json
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,7 +40,8 @@ __all__ = [
     "SpiralConfig", "SpiralData", "make_spirals", "load_spirals", "true_trajectory",
     "angular_momentum", "Batch", "observed_positions", "observe", "sample_batch", "gather_time",
     "time_gaps", "RNNEncoder", "NeuralODEDecoder", "ODEVAE", "with_solver", "elbo_loss",
-    "RNNBaseline", "TrainConfig", "train_config", "train_vae", "train_rnn", "rmse",
+    "RNNBaseline", "TrainConfig", "train_config", "train_vae", "train_rnn", "train_rnn_async",
+    "rmse",
     "trivial_predict", "heldout_windows", "evaluate_table2", "evaluate_extrapolation",
     "checkpoint_path", "save_checkpoint", "load_checkpoint", "PAPER_TABLE2",
 ]
@@ -429,8 +433,9 @@ def train_config(budget: str) -> TrainConfig:
     """Each budget's training settings.
 
     smoke: a few dozen iterations, to check that everything runs;
-    quick: about 5 minutes of training on a quiet 2-core CPU (4000 VAE and
-    3000 RNN iterations at about 0.045 and 0.035 s each);
+    quick: about 5 minutes of training on the project's 2-core CPU (4000 VAE
+    and 3000 RNN iterations at about 0.08 and 0.06 s each, on the two cores at
+    once: `train_rnn_async`);
     full: larger batches and longer schedules, sized to finish within
     10 minutes on one H100 (an estimate: not measured).
     """
@@ -573,6 +578,50 @@ def train_rnn(rnn: RNNBaseline, data: SpiralData, cfg: TrainConfig, noise_std: f
     rnn.eval()
     hist["fixed_batch_loss"].append(_rnn_batch_loss(rnn, fixed, noise_std))
     return hist
+
+
+class _Done:
+    """A finished result with the `result()` of a future (training ran in this process)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+def _train_new_rnn(data: SpiralData, cfg: TrainConfig, noise_std: float, seed: int,
+                   device: torch.device):
+    torch.manual_seed(seed)
+    rnn = RNNBaseline().to(device)
+    return rnn, train_rnn(rnn, data, cfg, noise_std)
+
+
+def _train_in_worker(*args):
+    # A forked child must not enter the parent's OpenMP thread pool (it would wait
+    # forever for threads that were not copied): one thread, no parallel regions.
+    torch.set_num_threads(1)
+    return _train_new_rnn(*args)
+
+
+def train_rnn_async(data: SpiralData, cfg: TrainConfig, noise_std: float = 0.02,
+                    seed: int = 1, device: torch.device | str | None = None):
+    """Train a new `RNNBaseline` (initialised from `seed`) on a spare core.
+
+    The VAE and the RNN are small single-threaded models, so on a multi-core
+    CPU a forked process trains the RNN while the caller trains the VAE, and
+    `.result()` returns `(rnn, history)` when it is done. On a GPU, or with one
+    core, it trains here and now. Either way the result is the same: the RNN's
+    initial weights and batches come from its own seeds, not from the caller's
+    random state.
+    """
+    device = torch.device(device) if device is not None else get_device()
+    if device.type != "cpu" or (os.cpu_count() or 1) < 2:
+        return _Done(_train_new_rnn(data, cfg, noise_std, seed, device))
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    future = pool.submit(_train_in_worker, data.to("cpu"), cfg, noise_std, seed, device)
+    pool.shutdown(wait=False)  # the worker finishes its one job, then exits
+    return future
 
 
 # ---------------------------------------------------------------------------

@@ -161,6 +161,23 @@ def test_training_lowers_the_loss(small):
     assert sum(hist["loss"][-5:]) < 0.7 * sum(hist["loss"][:5])
 
 
+def test_rnn_trained_on_another_core_equals_one_trained_here(small, monkeypatch):
+    # The forked worker must give the very model a synchronous run gives, whatever the
+    # caller's random state: the RNN's weights and batches come from its own seeds.
+    train, _ = small
+    cfg = S.TrainConfig(rnn_iters=4, batch_size=8, window=20, n_obs=(5,))
+    torch.manual_seed(123)
+    rnn_a, hist_a = S.train_rnn_async(train, cfg, seed=7, device="cpu").result()
+    monkeypatch.setattr(S.os, "cpu_count", lambda: 1)  # forces the in-process path
+    torch.manual_seed(456)
+    future = S.train_rnn_async(train, cfg, seed=7, device="cpu")
+    assert isinstance(future, S._Done)
+    rnn_b, hist_b = future.result()
+    assert hist_a["loss"] == hist_b["loss"]
+    for (name, a), b in zip(rnn_a.state_dict().items(), rnn_b.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_table2_and_extrapolation_are_complete(small):
     _, test = small
     vae = S.ODEVAE(hidden_dim=16, latent_dim=4, method="euler", h_max=0.2)
