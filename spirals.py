@@ -26,7 +26,7 @@ import math
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -586,7 +586,7 @@ class _Done:
     def __init__(self, value):
         self.value = value
 
-    def result(self):
+    def result(self) -> tuple:
         return self.value
 
 
@@ -605,7 +605,8 @@ def _train_in_worker(*args):
 
 
 def train_rnn_async(data: SpiralData, cfg: TrainConfig, noise_std: float = 0.02,
-                    seed: int = 1, device: torch.device | str | None = None):
+                    seed: int = 1, device: torch.device | str | None = None
+                    ) -> Future | _Done:
     """Train a new `RNNBaseline` (initialised from `seed`) on a spare core.
 
     The VAE and the RNN are small single-threaded models, so on a multi-core
