@@ -1,0 +1,481 @@
+"""cnf: continuous normalizing flows (the paper's Section 4), built on odecore.
+
+Read top to bottom:
+
+1. targets: the energy functions of Rezende & Mohamed (2015) and two 2-D data sets;
+2. `PlanarFlow`: the discrete baseline, K planar layers with their log-determinants;
+3. fields f(z, t): the paper's `PlanarField` (M gated planar units whose parameters a
+   hypernetwork computes from t) and `MLPField` (a plain MLP, for the cost-against-D
+   measurement);
+4. `CNFODEF`: the augmented dynamics d[z, log p]/dt = [f, -tr(df/dz)], the trace exact
+   (D autograd passes) or Hutchinson's estimate (one pass);
+5. `CNF`: log-densities by integrating data back to noise, samples by integrating noise
+   forward, both through `odecore.NeuralODE` (the adjoint by default);
+6. training loops, evaluation and measurement helpers the notebook calls.
+
+The state is one tensor `(batch, D + 1)`: z in the first D columns, log p in the last.
+Second derivatives (the trace's gradient) reach the parameters through `ODEAdjoint`
+because `CNFODEF.forward` builds the trace with `create_graph` whenever the caller
+records a graph, as `ODEF.forward_with_grad` does in the adjoint's backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from odecore import ODEF, NeuralODE
+
+__all__ = [
+    "ENERGIES", "energy_normalizer", "make_data", "DATASETS", "standard_normal_logprob",
+    "PlanarFlow", "PlanarField", "MLPField", "CNFODEF", "CNF", "GaussianBaseline",
+    "kl_loss", "train_density_matching", "train_max_likelihood", "nll", "trace_exact",
+    "hutchinson_probes", "support_fraction", "eval_time", "grid_points", "in_parallel",
+]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+# ---------------------------------------------------------------------------
+# 1. Targets
+# ---------------------------------------------------------------------------
+def _w1(z: Tensor) -> Tensor:
+    return torch.sin(2 * math.pi * z[:, 0] / 4)
+
+
+def _w2(z: Tensor) -> Tensor:
+    return 3 * torch.exp(-0.5 * ((z[:, 0] - 1) / 0.6) ** 2)
+
+
+def _box(z: Tensor) -> Tensor:
+    # U2 and U3 do not depend on z1 far out, so exp(-U) would not integrate; Rezende and
+    # Mohamed plot them on [-4, 4]^2. This soft wall at |z1| = 4 makes them normalisable.
+    return 0.5 * (z[:, 0] / 4) ** 8
+
+
+def energy_ring(z: Tensor) -> Tensor:
+    """U1: a ring of radius 2 with two modes, at z1 = +-2."""
+    r = z.norm(dim=1)
+    modes = torch.logsumexp(torch.stack([-0.5 * ((z[:, 0] - 2) / 0.6) ** 2,
+                                         -0.5 * ((z[:, 0] + 2) / 0.6) ** 2]), 0)
+    return 0.5 * ((r - 2) / 0.4) ** 2 - modes
+
+
+def energy_wave(z: Tensor) -> Tensor:
+    """U2: a sine wave, z2 = sin(pi z1 / 2), within a soft box |z1| < 4."""
+    return 0.5 * ((z[:, 1] - _w1(z)) / 0.4) ** 2 + _box(z)
+
+
+def energy_split_wave(z: Tensor) -> Tensor:
+    """U3: the wave and a copy of it displaced near z1 = 1, within a soft box."""
+    a = -0.5 * ((z[:, 1] - _w1(z)) / 0.35) ** 2
+    b = -0.5 * ((z[:, 1] - _w1(z) + _w2(z)) / 0.35) ** 2
+    return -torch.logsumexp(torch.stack([a, b]), 0) + _box(z)
+
+
+ENERGIES: dict[str, Callable[[Tensor], Tensor]] = {
+    "ring": energy_ring, "wave": energy_wave, "split wave": energy_split_wave}
+
+
+def grid_points(lim: float = 4.0, n: int = 200, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    """(n*n, 2) points of a square grid on [-lim, lim]^2 and the area of one cell."""
+    xs = torch.linspace(-lim, lim, n, dtype=dtype)
+    X, Y = torch.meshgrid(xs, xs, indexing="xy")
+    return torch.stack([X.flatten(), Y.flatten()], 1), float(xs[1] - xs[0]) ** 2
+
+
+def energy_normalizer(energy: Callable[[Tensor], Tensor], lim: float = 7.0,
+                      n: int = 1401) -> float:
+    """log Z = log of the integral of exp(-U) on a fine grid, so that KL(q||p) is in nats."""
+    pts, area = grid_points(lim, n, torch.float64)
+    return float(torch.logsumexp(-energy(pts), 0) + math.log(area))
+
+
+def _two_circles(n: int, gen: torch.Generator) -> Tensor:
+    r = torch.where(torch.rand(n, generator=gen) < 0.5, 1.0, 2.0)
+    angle = 2 * math.pi * torch.rand(n, generator=gen)
+    x = torch.stack([r * angle.cos(), r * angle.sin()], 1)
+    return x + 0.08 * torch.randn(n, 2, generator=gen)
+
+
+def _two_moons(n: int, gen: torch.Generator) -> Tensor:
+    upper = torch.rand(n, generator=gen) < 0.5
+    angle = math.pi * torch.rand(n, generator=gen)
+    x = torch.where(upper[:, None], torch.stack([angle.cos(), angle.sin()], 1),
+                    torch.stack([1 - angle.cos(), 0.5 - angle.sin()], 1))
+    x = (x - torch.tensor([0.5, 0.25])) * 2.0  # centred, about as wide as the circles
+    return x + 0.1 * torch.randn(n, 2, generator=gen)
+
+
+DATASETS: dict[str, Callable[[int, torch.Generator], Tensor]] = {
+    "two circles": _two_circles, "two moons": _two_moons}
+
+
+def make_data(name: str, n: int, seed: int) -> Tensor:
+    """n points of a 2-D data set (float32), reproducible from the seed."""
+    return DATASETS[name](n, torch.Generator().manual_seed(seed))
+
+
+def standard_normal_logprob(z: Tensor) -> Tensor:
+    """log N(z; 0, I), one value per row."""
+    return -0.5 * (z.pow(2).sum(1) + z.shape[1] * LOG_2PI)
+
+
+# ---------------------------------------------------------------------------
+# 2. The discrete baseline: planar flows (Rezende & Mohamed, 2015)
+# ---------------------------------------------------------------------------
+class PlanarFlow(nn.Module):
+    """K planar layers z <- z + u_hat tanh(w.z + b), each with its log|det J|.
+
+    u_hat = u + (m(w.u) - w.u) w/|w|^2 with m(x) = -1 + softplus(x) keeps w.u_hat >= -1,
+    which makes every layer invertible (Rezende & Mohamed, appendix A.1).
+    """
+
+    def __init__(self, dim: int, K: int, init_scale: float = 0.01):
+        super().__init__()
+        self.u = nn.Parameter(init_scale * torch.randn(K, dim))
+        self.w = nn.Parameter(init_scale * torch.randn(K, dim))
+        self.b = nn.Parameter(torch.zeros(K))
+
+    def u_hat(self) -> Tensor:
+        wu = (self.w * self.u).sum(1, keepdim=True)
+        w2 = self.w.pow(2).sum(1, keepdim=True) + 1e-12
+        return self.u + (-1 + F.softplus(wu) - wu) * self.w / w2
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(f_K o ... o f_1 (z), sum_k log|det df_k/dz|)."""
+        u = self.u_hat()
+        logdet = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        for k in range(u.shape[0]):
+            h = torch.tanh(z @ self.w[k] + self.b[k])
+            psi = (1 - h ** 2)[:, None] * self.w[k]
+            logdet = logdet + torch.log((1 + psi @ u[k]).abs() + 1e-9)
+            z = z + h[:, None] * u[k]
+        return z, logdet
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        """Samples x = f(z0), z0 ~ N(0, I), with log q(x) (density matching)."""
+        p = self.u
+        z0 = torch.randn(n, p.shape[1], dtype=p.dtype, device=p.device)
+        x, logdet = self(z0)
+        return x, standard_normal_logprob(z0) - logdet
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p(x) when the flow maps data to noise (maximum likelihood)."""
+        z, logdet = self(x)
+        return standard_normal_logprob(z) + logdet
+
+
+class GaussianBaseline:
+    """A single Gaussian fitted by maximum likelihood: the floor any flow must beat."""
+
+    def __init__(self, x: Tensor):
+        x = x.double()
+        self.dist = torch.distributions.MultivariateNormal(x.mean(0), torch.cov(x.T))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        return self.dist.log_prob(x.double()).to(x.dtype)
+
+    def sample(self, n: int) -> Tensor:
+        return self.dist.sample((n,)).float()
+
+
+# ---------------------------------------------------------------------------
+# 3. Fields f(z, t)
+# ---------------------------------------------------------------------------
+class PlanarField(nn.Module):
+    """The paper's CNF dynamics: f(z, t) = sum_m sigma(g_m(t)) u_m(t) tanh(w_m(t).z + b_m(t)).
+
+    M planar units whose parameters (u, w, b) and gate g are the output of a small
+    hypernetwork of t. Each unit adds u.w tanh' to the trace, so the trace of M units
+    costs O(M) (the paper's "multiple hidden units with linear cost").
+    """
+
+    def __init__(self, dim: int, M: int, hyper_hidden: int = 32):
+        super().__init__()
+        self.dim, self.M = dim, M
+        self.hyper = nn.Sequential(
+            nn.Linear(1, hyper_hidden), nn.Tanh(),
+            nn.Linear(hyper_hidden, hyper_hidden), nn.Tanh(),
+            nn.Linear(hyper_hidden, M * (2 * dim + 2)))
+
+    def params_at(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(w (M, D), u (M, D), b (M,), gate (M,)) at time t (a 0-d tensor)."""
+        p = self.hyper(t.reshape(1, 1)).reshape(self.M, 2 * self.dim + 2)
+        D = self.dim
+        return p[:, :D], p[:, D:2 * D], p[:, 2 * D], torch.sigmoid(p[:, 2 * D + 1])
+
+    def forward(self, z: Tensor, t: Tensor) -> Tensor:
+        w, u, b, gate = self.params_at(t)
+        return torch.tanh(z @ w.T + b) @ (gate[:, None] * u)
+
+    def trace(self, z: Tensor, t: Tensor) -> Tensor:
+        """The closed form: sum_m sigma(g_m) (u_m.w_m) (1 - tanh^2(w_m.z + b_m))."""
+        w, u, b, gate = self.params_at(t)
+        return (1 - torch.tanh(z @ w.T + b) ** 2) @ (gate * (u * w).sum(1))
+
+
+class MLPField(nn.Module):
+    """A plain MLP f([z, t]): a field whose trace has no closed form (cost against D)."""
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.Softplus(),
+                                 nn.Linear(hidden, hidden), nn.Softplus(),
+                                 nn.Linear(hidden, dim))
+
+    def forward(self, z: Tensor, t: Tensor) -> Tensor:
+        return self.net(torch.cat([z, t.expand(z.shape[0], 1)], 1))
+
+
+# ---------------------------------------------------------------------------
+# 4. The augmented dynamics
+# ---------------------------------------------------------------------------
+def trace_exact(fz: Tensor, z: Tensor, create_graph: bool) -> Tensor:
+    """tr(df/dz) per sample by D vector-Jacobian products (one per coordinate)."""
+    tr = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+    for i in range(z.shape[1]):
+        last = i == z.shape[1] - 1
+        g = torch.autograd.grad(fz[:, i].sum(), z, create_graph=create_graph,
+                                retain_graph=create_graph or not last)[0]
+        tr = tr + g[:, i]
+    return tr
+
+
+def trace_hutchinson(fz: Tensor, z: Tensor, eps: Tensor, create_graph: bool) -> Tensor:
+    """eps^T (df/dz) eps per sample: one vector-Jacobian product, unbiased for the trace."""
+    g = torch.autograd.grad(fz, z, eps, create_graph=create_graph,
+                            retain_graph=create_graph)[0]
+    return (g * eps).sum(1)
+
+
+class CNFODEF(ODEF):
+    """d[z, log p]/dt = [f(z, t), -tr(df/dz)] on a state `(batch, D + 1)`.
+
+    `trace="exact"` takes D autograd passes; `"hutchinson"` takes one, with the probe
+    `eps` (one per sample) that `CNF` draws before each solve and keeps fixed through it,
+    the backward (adjoint) solve included, so that both solve the same ODE.
+    The trace keeps its graph (`create_graph`) whenever the caller records one: then
+    gradients of the log-density reach the parameters, through the solver or the adjoint.
+    """
+
+    TRACES = ("exact", "hutchinson")
+
+    def __init__(self, field: nn.Module, trace: str = "exact"):
+        super().__init__()
+        if trace not in self.TRACES:
+            raise ValueError(f"unknown trace {trace!r}; choose one of {self.TRACES}")
+        self.field, self.trace = field, trace
+        self.eps: Tensor | None = None
+
+    def forward(self, state: Tensor, t: Tensor) -> Tensor:
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            if not state.requires_grad:  # nobody needs d/dstate: a fresh leaf to trace by
+                state = state.detach().requires_grad_(True)
+            z = state[:, :-1]
+            fz = self.field(z, t)
+            if self.trace == "exact":
+                tr = trace_exact(fz, z, create_graph)
+            else:
+                if self.eps is None or self.eps.shape != z.shape:
+                    raise RuntimeError("Hutchinson's trace needs a probe eps of z's shape; "
+                                       "CNF draws one before each solve")
+                tr = trace_hutchinson(fz, z, self.eps, create_graph)
+        out = torch.cat([fz, -tr[:, None]], 1)
+        return out if create_graph else out.detach()
+
+
+# ---------------------------------------------------------------------------
+# 5. The flow
+# ---------------------------------------------------------------------------
+class CNF(nn.Module):
+    """A continuous normalizing flow: noise z(0) ~ N(0, I) flows to data x = z(T).
+
+    `log_prob(x)` integrates [x, 0] from T back to 0: log p(x) = log N(z(0)) - Delta,
+    where Delta = int_0^T tr(df/dz) dt accumulates in the last column.
+    `sample(n)` integrates [z0, log N(z0)] from 0 to T and returns (x, log q(x)).
+    """
+
+    def __init__(self, field: nn.Module, T: float = 1.0, trace: str = "exact",
+                 method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+                 adjoint: bool = True, probe: str = "rademacher", **ode_kwargs):
+        super().__init__()
+        self.func = CNFODEF(field, trace)
+        self.ode = NeuralODE(self.func, method=method, rtol=rtol, atol=atol,
+                             adjoint=adjoint, **ode_kwargs)
+        self.T, self.probe = T, probe
+
+    @property
+    def dim(self) -> int:
+        return self.func.field.dim
+
+    def _times(self, t0: float, t1: float, like: Tensor) -> Tensor:
+        return torch.tensor([t0, t1], dtype=like.dtype, device=like.device)
+
+    def _new_probe(self, z: Tensor) -> None:
+        if self.func.trace == "hutchinson":
+            self.func.eps = hutchinson_probes(z.shape, self.probe, z.dtype, z.device)
+
+    def flow(self, z: Tensor, logp: Tensor, t0: float, t1: float) -> tuple[Tensor, Tensor]:
+        """(z(t1), log p(t1)) from (z(t0), log p(t0))."""
+        self._new_probe(z)
+        out = self.ode(torch.cat([z, logp[:, None]], 1), self._times(t0, t1, z))
+        return out[:, :-1], out[:, -1]
+
+    def log_prob(self, x: Tensor, t: float | None = None) -> Tensor:
+        """log p_t(x), the density at time t (default T, the data end)."""
+        t = self.T if t is None else t
+        z0, delta = self.flow(x, torch.zeros_like(x[:, 0]), t, 0.0)
+        return standard_normal_logprob(z0) - delta
+
+    def sample(self, n: int, z0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(x, log q(x)): noise integrated forward to T."""
+        if z0 is None:
+            p = next(self.parameters())
+            z0 = torch.randn(n, self.dim, dtype=p.dtype, device=p.device)
+        return self.flow(z0, standard_normal_logprob(z0), 0.0, self.T)
+
+    @torch.no_grad()
+    def trajectory(self, z0: Tensor, fractions: Sequence[float]) -> Tensor:
+        """States z(f T) for each fraction f (0 < f <= 1): `(len(fractions), n, D)`."""
+        self._new_probe(z0)
+        t = torch.tensor([0.0] + [f * self.T for f in fractions], dtype=z0.dtype,
+                         device=z0.device)
+        state = torch.cat([z0, torch.zeros_like(z0[:, :1])], 1)
+        return self.ode(state, t, return_whole_sequence=True)[1:, :, :-1]
+
+
+# ---------------------------------------------------------------------------
+# 6. Training, evaluation, measurement
+# ---------------------------------------------------------------------------
+def kl_loss(model: nn.Module, energy: Callable[[Tensor], Tensor], n: int,
+            log_z: float = 0.0) -> Tensor:
+    """Monte-Carlo KL(q||p) = E_q[log q(x) + U(x)] + log Z, with x ~ q (reparameterised)."""
+    x, logq = model.sample(n)
+    return (logq + energy(x)).mean() + log_z
+
+
+def _lr_at(step: int, steps: int, lr: float) -> float:
+    """Cosine decay to 1% of lr: the last steps polish instead of jumping around."""
+    return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
+def train_density_matching(model: nn.Module, energy: Callable[[Tensor], Tensor],
+                           steps: int, batch: int = 128, lr: float = 1e-2,
+                           progress: Callable | None = None) -> list[float]:
+    """Adam on the reverse KL; the losses per step (nats, up to log Z)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr)
+        loss = kl_loss(model, energy, batch)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(1)
+    return losses
+
+
+def train_max_likelihood(model: nn.Module, data: Tensor, steps: int, batch: int = 256,
+                         lr: float = 1e-2, seed: int = 0,
+                         progress: Callable | None = None) -> dict[str, list]:
+    """Adam on the NLL of mini-batches; per step: loss, and NFE forward/backward for a CNF."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    hist: dict[str, list] = {"loss": [], "nfe_f": [], "nfe_b": []}
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, lr)
+        x = data[torch.randint(len(data), (batch,), generator=gen)]
+        loss = -model.log_prob(x).mean()
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        hist["loss"].append(float(loss.detach()))
+        if isinstance(model, CNF):
+            hist["nfe_f"].append(model.ode.nfe_forward)
+            hist["nfe_b"].append(model.ode.nfe_backward)
+        if progress is not None:
+            progress(1)
+    return hist
+
+
+@torch.no_grad()
+def nll(model, x: Tensor, chunk: int = 2048) -> float:
+    """Mean negative log-likelihood (nats per point) of held-out data."""
+    return float(torch.cat([-model.log_prob(c) for c in x.split(chunk)]).mean())
+
+
+def hutchinson_probes(shape: Sequence[int], kind: str = "rademacher",
+                      dtype=torch.float32, device=None, generator=None) -> Tensor:
+    """Probe vectors with E[eps eps^T] = I: Rademacher (+-1) or standard Gaussian."""
+    if kind == "gaussian":
+        return torch.randn(*shape, dtype=dtype, device=device, generator=generator)
+    if kind != "rademacher":
+        raise ValueError(f"unknown probe {kind!r}; choose 'rademacher' or 'gaussian'")
+    bits = torch.randint(0, 2, tuple(shape), device=device, generator=generator)
+    return (2 * bits - 1).to(dtype)
+
+
+def support_fraction(samples: Tensor, reference: Tensor, calibration: Tensor,
+                     quantile: float = 0.95) -> tuple[float, float]:
+    """Share of samples within radius r of some reference point, and r.
+
+    r is the `quantile` of the calibration points' distances to their nearest reference
+    point: held-out data itself scores `quantile`, a model that misses the data scores less.
+    """
+    r = float(torch.quantile(torch.cdist(calibration, reference).min(1).values, quantile))
+    d = torch.cdist(samples, reference).min(1).values
+    return float((d <= r).float().mean()), r
+
+
+def eval_time(fn: Callable[[], object], repeats: int = 20) -> float:
+    """Median seconds of fn() after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def in_parallel(fn: Callable, jobs: list, progress: Callable | None = None,
+                workers: int | None = None) -> list:
+    """fn(job) for each job, in forked single-threaded workers, one per core (up to 4).
+
+    The fits are independent and use one torch thread each, so two cores finish them in
+    about half the time. Forking is safe only when the parent set one torch thread before
+    any parallel work (a child forked after OpenMP work can hang): the notebook does so.
+    """
+    workers = workers or min(os.cpu_count() or 1, len(jobs), 4)
+    if workers <= 1:
+        out = []
+        for job in jobs:
+            out.append(fn(job))
+            if progress is not None:
+                progress(1)
+        return out
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(fn, job) for job in jobs]
+        out = []
+        for fut in futures:
+            out.append(fut.result())
+            if progress is not None:
+                progress(1)
+        return out

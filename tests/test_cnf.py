@@ -1,0 +1,218 @@
+"""cnf against independent answers: closed forms, Jacobians, exact flows, autograd."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cnf import (
+    CNF,
+    CNFODEF,
+    DATASETS,
+    ENERGIES,
+    GaussianBaseline,
+    MLPField,
+    PlanarField,
+    PlanarFlow,
+    energy_normalizer,
+    grid_points,
+    hutchinson_probes,
+    kl_loss,
+    make_data,
+    standard_normal_logprob,
+    support_fraction,
+    trace_exact,
+    trace_hutchinson,
+)
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny 2-D models: a second thread only waits, and on a busy machine waits long.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+TIGHT = dict(rtol=1e-10, atol=1e-10)
+
+
+def jacobians(field, z, t):
+    """(batch, D, D) Jacobians df/dz by torch.func, one sample at a time."""
+    f1 = lambda zz: field(zz[None], t)[0]
+    return torch.stack([torch.func.jacrev(f1)(zi) for zi in z.detach()])
+
+
+class LinearField(nn.Module):
+    """f(z, t) = A z: the flow is e^{At} and log q falls by t tr(A), exactly."""
+
+    def __init__(self, A):
+        super().__init__()
+        self.dim = A.shape[0]
+        self.A = nn.Parameter(A.clone())
+
+    def forward(self, z, t):
+        return z @ self.A.T
+
+
+@pytest.mark.parametrize("field", [PlanarField(2, 8), PlanarField(3, 5), MLPField(4, 16)])
+def test_exact_trace_is_the_jacobians_trace(field):
+    field = field.double()
+    z = torch.randn(6, field.dim if hasattr(field, "dim") else 4, dtype=F64, requires_grad=True)
+    t = torch.tensor(0.3, dtype=F64)
+    tr = trace_exact(field(z, t), z, create_graph=False)
+    J = jacobians(field, z, t)
+    torch.testing.assert_close(tr, J.diagonal(dim1=1, dim2=2).sum(1))
+    if isinstance(field, PlanarField):  # the paper's linear-cost closed form
+        torch.testing.assert_close(tr, field.trace(z, t).detach())
+
+
+def test_instantaneous_change_of_variables_on_a_linear_flow():
+    A = torch.tensor([[-0.3, -1.0], [0.8, 0.2]], dtype=F64)
+    cnf = CNF(LinearField(A), T=1.5, **TIGHT).double()
+    z0 = torch.randn(7, 2, dtype=F64)
+    x, logq = cnf.sample(7, z0=z0)
+    torch.testing.assert_close(x, z0 @ torch.linalg.matrix_exp(1.5 * A).T)
+    torch.testing.assert_close(logq, standard_normal_logprob(z0) - 1.5 * torch.trace(A))
+    torch.testing.assert_close(cnf.log_prob(x), logq)  # and back, by reversing time
+
+
+def test_cnf_density_integrates_to_one_and_sampling_inverts_it():
+    torch.manual_seed(1)
+    cnf = CNF(PlanarField(2, 8), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for p in cnf.parameters():
+            p.mul_(2)  # a visibly non-Gaussian density
+        pts, area = grid_points(7.0, 100)
+        mass = float(cnf.log_prob(pts).exp().sum() * area)
+        cnf = CNF(cnf.func.field, rtol=1e-8, atol=1e-8).double()
+        x, logq = cnf.sample(64)
+        assert float((x.std(0) - 1).abs().max()) > 0.05  # it does move the samples
+        torch.testing.assert_close(cnf.log_prob(x), logq, rtol=1e-6, atol=1e-6)
+    assert abs(mass - 1) < 0.01, mass
+
+
+def kl_loss_at(cnf, z0):
+    x, logq = cnf.sample(len(z0), z0=z0)
+    return (logq + ENERGIES["ring"](x)).mean()
+
+
+def _grads(cnf, loss_fn):
+    cnf.zero_grad()
+    loss = loss_fn(cnf)
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in cnf.parameters()])
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+@pytest.mark.parametrize("direction", ["log_prob", "sample"])
+def test_adjoint_gradients_match_autograd_through_the_solver(trace, direction):
+    torch.manual_seed(0)
+    x = make_data("two moons", 16, seed=0).double()
+    z0 = torch.randn(16, 2, dtype=F64)
+    eps = hutchinson_probes((16, 2), dtype=F64)
+    if direction == "log_prob":
+        loss_fn = lambda m: -m.log_prob(x).mean()
+    else:
+        loss_fn = lambda m: kl_loss_at(m, z0)
+    grads = {}
+    for adjoint in (True, False):
+        torch.manual_seed(0)
+        cnf = CNF(PlanarField(2, 4, hyper_hidden=8), trace=trace, adjoint=adjoint,
+                  **TIGHT).double()
+        cnf._new_probe = lambda z, cnf=cnf: setattr(cnf.func, "eps", eps)  # one probe for both
+        grads[adjoint] = _grads(cnf, loss_fn)
+    rel = float((grads[True] - grads[False]).norm() / grads[False].norm())
+    assert rel < 1e-6, rel
+
+
+def test_the_trace_term_reaches_the_parameters_through_the_adjoint():
+    # The log-determinant part alone: its gradient exists only if the adjoint's
+    # vector-Jacobian product differentiates the trace (second derivatives of f).
+    torch.manual_seed(0)
+    x = make_data("two circles", 8, seed=0).double()
+    grads = {}
+    for adjoint in (True, False):
+        torch.manual_seed(0)
+        cnf = CNF(PlanarField(2, 4, hyper_hidden=8), adjoint=adjoint, **TIGHT).double()
+        grads[adjoint] = _grads(cnf, lambda m: m.flow(x, torch.zeros(8, dtype=F64), 1.0, 0.0)[1]
+                                .sum())
+    assert grads[False].norm() > 1e-3
+    assert float((grads[True] - grads[False]).norm() / grads[False].norm()) < 1e-6
+
+
+def test_hutchinson_is_unbiased_with_the_predicted_variance():
+    field = MLPField(5, 16).double()
+    z = torch.randn(3, 5, dtype=F64, requires_grad=True)
+    t = torch.tensor(0.5, dtype=F64)
+    fz = field(z, t)
+    exact = trace_exact(fz, z, create_graph=True).detach()
+    J = jacobians(field, z, t)
+    S = (J + J.transpose(1, 2)) / 2
+    offdiag = S.pow(2).sum((1, 2)) - S.diagonal(dim1=1, dim2=2).pow(2).sum(1)
+    predicted = {"rademacher": 2 * offdiag, "gaussian": 2 * S.pow(2).sum((1, 2))}
+    n = 4000
+    gen = torch.Generator().manual_seed(0)
+    for kind, var in predicted.items():
+        est = torch.stack([
+            trace_hutchinson(fz, z, hutchinson_probes(z.shape, kind, F64, generator=gen), True)
+            for _ in range(n)])
+        se = est.std(0) / math.sqrt(n)
+        assert ((est.mean(0) - exact).abs() < 3 * se).all(), (kind, est.mean(0), exact, se)
+        torch.testing.assert_close(est.var(0), var, rtol=0.15, atol=1e-12)
+
+
+def test_hutchinson_needs_a_probe_of_the_right_shape():
+    func = CNFODEF(PlanarField(2, 3), trace="hutchinson")
+    with pytest.raises(RuntimeError, match="probe"):
+        func(torch.zeros(4, 3), torch.tensor(0.0))
+    with pytest.raises(ValueError, match="unknown trace"):
+        CNFODEF(PlanarField(2, 3), trace="cheap")
+    with pytest.raises(ValueError, match="unknown probe"):
+        hutchinson_probes((2, 2), "uniform")
+
+
+def test_planar_flow_logdet_and_invertibility():
+    torch.manual_seed(0)
+    flow = PlanarFlow(2, 5, init_scale=1.0).double()
+    with torch.no_grad():
+        flow.u.copy_(-5 * flow.w)  # would make w.u < -1: u_hat must fix it
+    assert ((flow.w * flow.u_hat()).sum(1) >= -1 - 1e-9).all()
+    z = torch.randn(4, 2, dtype=F64)
+    x, logdet = flow(z)
+    J = torch.stack([torch.func.jacrev(lambda zz: flow(zz[None])[0][0])(zi) for zi in z])
+    torch.testing.assert_close(logdet, torch.linalg.slogdet(J)[1])
+    x2, logq = flow.sample(3)
+    assert x2.shape == (3, 2) and logq.shape == (3,)
+
+
+def test_energies_are_normalisable_and_kl_is_nonnegative():
+    for name, energy in ENERGIES.items():
+        log_z = energy_normalizer(energy)
+        assert math.isfinite(log_z)
+        assert abs(log_z - energy_normalizer(energy, lim=9.0, n=1801)) < 1e-3, name
+        torch.manual_seed(0)  # a standard normal q is a poor fit: KL clearly above 0
+        q = PlanarFlow(2, 1).double()
+        with torch.no_grad():
+            kl = float(kl_loss(q, energy, 20000, log_z))
+        assert kl > 0.1, (name, kl)
+
+
+def test_data_sets_and_the_gaussian_baseline():
+    for name in DATASETS:
+        a, b = make_data(name, 500, seed=3), make_data(name, 500, seed=3)
+        assert a.shape == (500, 2) and torch.equal(a, b)
+        assert not torch.equal(a, make_data(name, 500, seed=4))
+    x = torch.randn(20000, 2, dtype=F64) * torch.tensor([1.0, 2.0], dtype=F64)
+    nll = -float(GaussianBaseline(x).log_prob(x).mean())
+    assert abs(nll - (1 + math.log(2 * math.pi) + math.log(2.0))) < 0.02
+
+
+def test_support_fraction_separates_data_from_a_miss():
+    ref, cal, new = (make_data("two circles", 1000, seed=s) for s in (0, 1, 2))
+    frac, r = support_fraction(new, ref, cal, quantile=0.95)
+    assert 0.9 < frac <= 1.0 and r > 0
+    miss, _ = support_fraction(torch.randn(1000, 2) * 0.3, ref, cal)
+    assert miss < 0.3
