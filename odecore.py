@@ -33,10 +33,11 @@ __all__ = [
     "ODESolveError", "ode_solve", "odeint", "ODEF", "ODEAdjoint", "NeuralODE",
     "LinearODEF", "NNODEF", "get_device", "get_budget", "data_root", "output_dir",
     "seed_everything", "plot_trajectories", "figure_to_image", "save_gif", "peak_memory_mb",
-    "BUDGETS", "METHODS",
+    "BUDGETS", "METHODS", "ADJOINT_NORMS",
 ]
 
 METHODS = ("euler", "rk4", "dopri5")
+ADJOINT_NORMS = ("seminorm", "mixed")
 BUDGETS = ("smoke", "quick", "full")
 REPO_ROOT = Path(__file__).resolve().parent
 
@@ -110,11 +111,15 @@ _DP_B4 = (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 630
 _DP_E = tuple(b5 - b4 for b5, b4 in zip(_DP_B5 + (0.0,), _DP_B4))
 
 
-def _error_norm(err: State, y0: State, y1: State, rtol: float, atol: float) -> float:
-    """Max over the parts of each part's RMS scaled error (torchdiffeq's mixed norm)."""
+def _error_norm(err: State, y0: State, y1: State, rtol: float, atol: float,
+                parts: int | None = None) -> float:
+    """Max over the parts of each part's RMS scaled error (torchdiffeq's mixed norm).
+
+    Only the first `parts` parts count when it is given (the adjoint's seminorm).
+    """
     worst = 0.0
     with torch.no_grad():  # step control is not part of the gradient
-        for e, a, b in zip(err, y0, y1):
+        for e, a, b in zip(err[:parts], y0, y1):
             scale = atol + rtol * torch.maximum(a.abs(), b.abs())
             worst = max(worst, float((e / scale).pow(2).mean().sqrt()))
     return worst
@@ -125,14 +130,17 @@ def _rms(y: State, scale: State) -> float:
         return max(float((a / s).pow(2).mean().sqrt()) for a, s in zip(y, scale))
 
 
-def _first_step(G, y0: State, f0: State, span: float, rtol: float, atol: float) -> float:
-    """Hairer, Norsett & Wanner's starting step (II.4), for order 5."""
+def _first_step(G, y0: State, f0: State, span: float, rtol: float, atol: float,
+                parts: int | None = None) -> float:
+    """Hairer, Norsett & Wanner's starting step (II.4), for order 5, on the same (semi)norm."""
+    y0_all, f0_all = y0, f0
+    y0, f0 = y0[:parts], f0[:parts]
     scale = [atol + rtol * y.abs() for y in y0]
     d0, d1 = _rms(y0, scale), _rms(f0, scale)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     h0 = min(h0, abs(span))
     direction = math.copysign(1.0, span)
-    f1 = G(direction * h0, _axpy(y0, direction * h0, (1.0,), (f0,)))
+    f1 = G(direction * h0, _axpy(y0_all, direction * h0, (1.0,), (f0_all,)))
     d2 = _rms([a - b for a, b in zip(f1, f0)], scale) / h0
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
     return min(100 * h0, h1)
@@ -156,7 +164,8 @@ def _dopri5(G, y: State, span: float, opts: dict, where: Callable[[float], str])
     k1 = G(0.0, y)
     if not all(torch.isfinite(k).all() for k in k1):
         raise ODESolveError(f"the dynamics returned a non-finite derivative {where(0.0)}")
-    h = opts.get("_h") or _first_step(G, y, k1, span, rtol, atol)
+    parts = opts.get("_norm_parts")  # None: every part (mixed norm); 2: z and a (seminorm)
+    h = opts.get("_h") or _first_step(G, y, k1, span, rtol, atol, parts)
     nonfinite = False
     for _ in range(max_steps):
         last = h >= end - s
@@ -173,7 +182,7 @@ def _dopri5(G, y: State, span: float, opts: dict, where: Callable[[float], str])
         k_new = G(direction * (s + h), y_new)
         hd = direction * h
         err = _axpy([k * (hd * _DP_E[0]) for k in k1], hd, _DP_E[1:], ks[1:] + [k_new])
-        ratio = _error_norm(err, y, y_new, rtol, atol)
+        ratio = _error_norm(err, y, y_new, rtol, atol, parts)
         nonfinite = not math.isfinite(ratio)
         if ratio <= 1.0:  # accept
             y, k1 = y_new, k_new
@@ -389,7 +398,10 @@ class ODEF(nn.Module):
             t = t.detach().requires_grad_(need_t)
             out = self(z, t)
             inputs = (z, t) + params if need_t else (z,) + params
-            grads = torch.autograd.grad(out, inputs, grad_outputs, allow_unused=True)
+            if out.requires_grad:
+                grads = torch.autograd.grad(out, inputs, grad_outputs, allow_unused=True)
+            else:  # f of t alone, and t needs no gradient: out has no graph, every vjp is 0
+                grads = [None] * len(inputs)
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
         if need_t:
             return out.detach(), grads[0], grads[1], tuple(grads[2:])
@@ -410,6 +422,17 @@ class ODEAdjoint(torch.autograd.Function):
     times; the backward pass integrates the augmented state (z, a, a_p, a_t)
     from t_N back to t_0 one interval at a time, adding each observation's
     dL/dz(t_i) to a as it passes t_i. Memory is O(1) in the number of steps.
+
+    Step control on a seminorm (`opts["adjoint_norm"]`, default "seminorm"): with
+    dopri5, the backward solve's error estimate measures z and a only. The
+    parameter and time adjoints a_p, a_t are integrals, d(a_p)/dt = -a·df/dp,
+    that nothing else in the system reads, so their local errors do not
+    propagate; yet a_p starts at zero, so atol alone scales its error and the
+    mixed norm (every part, as torchdiffeq's default) forces tiny steps for
+    accuracy that the gradient does not need. Kidger, Chen & Lyons, "Hey, that's
+    not an ODE: faster ODE adjoints via seminorms" (ICML 2021) leave them out,
+    and report a median 40% fewer backward evaluations at unchanged accuracy;
+    "mixed" keeps every part in the norm.
     """
 
     @staticmethod
@@ -425,6 +448,8 @@ class ODEAdjoint(torch.autograd.Function):
     def backward(ctx, grad_z: Tensor):
         t, z = ctx.saved_tensors
         func, opts, params = ctx.func, dict(ctx.opts, _h=None), ctx.params
+        norm = opts.get("adjoint_norm", "seminorm")
+        opts["_norm_parts"] = 2 if norm == "seminorm" else None  # z and a; else every part
         need_t = ctx.needs_input_grad[1]
         need_p = [ctx.needs_input_grad[4 + i] for i in range(len(params))]
         params_g = [p for p, need in zip(params, need_p) if need]
@@ -488,18 +513,24 @@ class NeuralODE(nn.Module):
     `adjoint=True` uses `ODEAdjoint` (constant memory); `adjoint=False`
     backpropagates through the solver's operations (the paper's RK-Net).
     After a forward (and backward) pass, `nfe_forward` and `nfe_backward`
-    give the function evaluations of that pass.
+    give the function evaluations of that pass. `adjoint_norm` sets the
+    backward dopri5 solve's error norm: "seminorm" (z and a only, the default)
+    or "mixed" (every part of the augmented state); see `ODEAdjoint`.
     """
 
     def __init__(self, func: ODEF, method: str = "euler", h_max: float = 0.05,
                  rtol: float = 1e-5, atol: float = 1e-7, adjoint: bool = True,
-                 max_steps: int = 100_000):
+                 max_steps: int = 100_000, adjoint_norm: str = "seminorm"):
         super().__init__()
         if not isinstance(func, ODEF):
             raise TypeError(f"func must be an ODEF, got {type(func).__name__}")
+        if adjoint_norm not in ADJOINT_NORMS:
+            raise ValueError(
+                f"unknown adjoint_norm {adjoint_norm!r}; choose one of {ADJOINT_NORMS}")
         self.func = func
         self.adjoint = adjoint
-        self.opts = _options(method, h_max, rtol, atol, max_steps)
+        self.opts = dict(_options(method, h_max, rtol, atol, max_steps),
+                         adjoint_norm=adjoint_norm)
         self.nfe_forward = 0
 
     @property
