@@ -216,3 +216,14 @@ def test_support_fraction_separates_data_from_a_miss():
     assert 0.9 < frac <= 1.0 and r > 0
     miss, _ = support_fraction(torch.randn(1000, 2) * 0.3, ref, cal)
     assert miss < 0.3
+
+
+def test_a_fresh_planar_flow_starts_near_the_identity():
+    # Rezende and Mohamed's m(x) = -1 + softplus(x) gives u_hat ~ 0.31 w/|w|^2 for a small w:
+    # 64 such layers at initialisation scored an NLL of 25 on data a Gaussian scores 3 on.
+    torch.manual_seed(0)
+    flow = PlanarFlow(2, 64)
+    x = make_data("two circles", 1000, seed=0)
+    with torch.no_grad():
+        gap = (flow.log_prob(x) - standard_normal_logprob(x)).abs().mean()
+    assert gap < 0.05, gap
