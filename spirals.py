@@ -1,17 +1,20 @@
-"""spirals: the spiral data, the ODE-VAE, the RNN baseline and their training.
+"""spirals: two spiral datasets, the latent ODE, a fair RNN, training and the paper's protocol.
 
 Shared by notebooks 03 (train and measure) and 04 (walk the latent space), and
 built on `odecore`. Read top to bottom:
 
-1. data: spirals from random linear dynamics in closed form (`make_spirals`),
-   cached under `data/cache/` keyed by their settings (`load_spirals`);
-2. batches: a random 100-point window per spiral with 30, 50 or 100 of its
-   points observed, irregularly, always keeping the first (`sample_batch`);
-3. the post's ODE-VAE (`RNNEncoder`, `NeuralODEDecoder`, `ODEVAE`, `elbo_loss`);
-4. the RNN baseline, a GRU decoder that takes the time gaps as input (`RNNBaseline`);
-5. training (`train_vae`, `train_rnn`) with the settings of each budget;
-6. evaluation: the paper's Table 2 protocol and extrapolation;
-7. checkpoints under `data/checkpoints/`, named by budget.
+1. data: the paper's spirals, as its authors' example generates them
+   (`PaperSpiralConfig`), and the post's random linear spirals (`SpiralConfig`),
+   both split into training and held-out windows and cached (`load_spirals`);
+2. batches: windows with k of their first 100 points observed, irregularly
+   (`observe`, `sample_batch`), and the positions the protocol scores;
+3. the latent ODE (`RNNEncoder`, `LatentODEF`, `ODEVAE`) and its ELBO;
+4. the RNN baseline: the same encoder, a GRU instead of the ODE (`RNNBaseline`);
+5. training, the same for both models (`train_model`), and workers that train
+   several models at once on a multi-core CPU (`run_parallel`);
+6. the paper's evaluation: interpolation and extrapolation RMSE (`evaluate`),
+   and how well a linear rule tells the directions apart from z0;
+7. checkpoints under `data/checkpoints/`.
 
 Shapes follow the post: time first, `x` is `(T, batch, 2)` and `t` is
 `(T, batch, 1)`, one time grid per sample.
@@ -19,34 +22,23 @@ Shapes follow the post: time first, `x` is `(T, batch, 2)` and `t` is
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 import multiprocessing
 import os
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from odecore import NNODEF, NeuralODE, get_device, output_dir
+from odecore import ODEF, NeuralODE, get_device, output_dir
 
-__all__ = [
-    "SpiralConfig", "SpiralData", "make_spirals", "load_spirals", "true_trajectory",
-    "angular_momentum", "Batch", "observed_positions", "observe", "sample_batch", "gather_time",
-    "time_gaps", "RNNEncoder", "NeuralODEDecoder", "ODEVAE", "with_solver", "elbo_loss",
-    "RNNBaseline", "TrainConfig", "train_config", "train_vae", "train_rnn", "train_rnn_async",
-    "rmse",
-    "trivial_predict", "heldout_windows", "evaluate_table2", "evaluate_extrapolation",
-    "checkpoint_path", "save_checkpoint", "load_checkpoint", "PAPER_TABLE2",
-]
-
-# Table 2 of Chen et al. (2018): predictive RMSE on their own spirals.
+# Table 2 of Chen et al. (2018): predictive RMSE on their spirals, from k observed points.
 PAPER_TABLE2 = {"RNN": {30: 0.3937, 50: 0.3202, 100: 0.1813},
                 "Latent ODE": {30: 0.1642, 50: 0.1502, 100: 0.1346}}
 
@@ -54,9 +46,46 @@ PAPER_TABLE2 = {"RNN": {30: 0.3937, 50: 0.3202, 100: 0.1813},
 # ---------------------------------------------------------------------------
 # 1. Data
 # ---------------------------------------------------------------------------
+_DATA_FORMAT = 2  # bump when a generator changes: old caches are then regenerated
+
+
+class _Keyed:
+    def key(self) -> str:
+        """A short hash of the kind of data and its settings: the cache file's name."""
+        blob = json.dumps({"kind": type(self).__name__, "format": _DATA_FORMAT, **asdict(self)},
+                          sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
 @dataclass(frozen=True)
-class SpiralConfig:
-    """The post's spirals: 200 points on [0, 6.29*5], noise std 0.02.
+class PaperSpiralConfig(_Keyed):
+    """The paper's spirals (Section 5.1), as its authors' example code makes them.
+
+    Two fixed Archimedean spirals sampled at `n_total` times on [0, 6 pi]: a
+    clockwise one centred at (-5, 0) and a counter-clockwise one at (+5, 0).
+    Each of `n_windows` samples is a stretch of one of them (either with
+    probability 1/2), starting at a random index that leaves `window` points
+    of room before it and `window + horizon` points from it to the end: the
+    first `window` points are what a model may observe, the next `horizon`
+    what it must extrapolate. Gaussian noise of std `noise_std` on every point.
+    """
+
+    n_windows: int = 1000
+    n_test: int = 200
+    n_total: int = 500
+    window: int = 100
+    horizon: int = 100
+    t_max: float = 6 * math.pi
+    a: float = 0.0
+    b: float = 0.3
+    noise_std: float = 0.3
+    seed: int = 0
+    name = "paper"
+
+
+@dataclass(frozen=True)
+class SpiralConfig(_Keyed):
+    """The post's spirals: random linear dynamics, 200 points on [0, 6.29*5], noise 0.02.
 
     `n_spirals` are split into `n_spirals - n_test` training and `n_test`
     held-out spirals, each split exactly half clockwise, half counter-clockwise.
@@ -68,44 +97,89 @@ class SpiralConfig:
     t_max: float = 6.29 * 5
     noise_std: float = 0.02
     seed: int = 0
-
-    def key(self) -> str:
-        """A short hash of the settings: the cache file's name."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha1(blob).hexdigest()[:10]
+    name = "post"
 
 
 @dataclass
 class SpiralData:
-    """A split of spirals. `x` is noisy, `x_true` noise-free, both `(n_points, n, 2)`.
+    """Samples of one split. `x` is noisy, `x_true` noise-free, both `(T, n, 2)`.
 
-    `t` `(n_points,)` is shared by every spiral; `W` `(n, 2, 2)` and `x0`
-    `(n, 2)` give each spiral's dynamics dx/dt = W x, so `true_trajectory`
-    can evaluate it at any time; `ccw` is True for counter-clockwise spirals.
+    `t` `(T,)` is shared by every sample; `ccw` is True for counter-clockwise
+    samples; training windows are drawn from the first `train_points` points.
+    The post's spirals also keep their dynamics dx/dt = W x (`W` `(n, 2, 2)`,
+    `x0` `(n, 2)`), the paper's the index where each sample starts on its
+    spiral (`start`).
     """
 
     t: Tensor
     x: Tensor
     x_true: Tensor
-    W: Tensor
-    x0: Tensor
     ccw: Tensor
+    train_points: int
+    noise_std: float
+    W: Tensor | None = None
+    x0: Tensor | None = None
+    start: Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[1]
 
     def to(self, device) -> SpiralData:
-        return SpiralData(*(getattr(self, f).to(device) for f in
-                            ("t", "x", "x_true", "W", "x0", "ccw")))
+        move = lambda v: v.to(device) if isinstance(v, Tensor) else v
+        return SpiralData(**{k: move(v) for k, v in vars(self).items()})
+
+
+def paper_spiral_curves(cfg: PaperSpiralConfig = PaperSpiralConfig()) -> tuple[Tensor, Tensor]:
+    """The two noise-free spirals `(n_total, 2)` each: (clockwise, counter-clockwise), and t.
+
+    Returns `(curves (2, n_total, 2), t (n_total,))`, in float64.
+    """
+    t = torch.linspace(0.0, cfg.t_max, cfg.n_total, dtype=torch.float64)
+    th_cw = cfg.t_max + 1.0 - t                 # the angle runs backwards: clockwise
+    r_cw = cfg.a + cfg.b * 50.0 / th_cw
+    cw = torch.stack([r_cw * torch.cos(th_cw) - 5.0, r_cw * torch.sin(th_cw)], -1)
+    r_cc = cfg.a + cfg.b * t
+    cc = torch.stack([r_cc * torch.cos(t) + 5.0, r_cc * torch.sin(t)], -1)
+    return torch.stack([cw, cc]), t
+
+
+def make_paper_spirals(cfg: PaperSpiralConfig = PaperSpiralConfig()
+                       ) -> tuple[SpiralData, SpiralData]:
+    """(train, held-out): windows of the paper's two spirals, noisy, in one batch.
+
+    Training windows start where the authors' generator starts them, anywhere
+    that leaves `window` points of room on both sides, so together they cover
+    the spirals up to their last point. Held-out windows also need `horizon`
+    points after them for the extrapolation score, so they start early enough
+    for that. Every window's clock starts at 0: the dynamics are time-invariant.
+    """
+    span = cfg.window + cfg.horizon
+    if cfg.n_total < cfg.window + span or not 0 < cfg.n_test < cfg.n_windows:
+        raise ValueError(f"need n_total >= 2 window + horizon and 0 < n_test < n_windows: {cfg}")
+    g = torch.Generator().manual_seed(cfg.seed)
+    curves, t = paper_spiral_curves(cfg)
+    n, n_train = cfg.n_windows, cfg.n_windows - cfg.n_test
+    ccw = torch.rand(n, generator=g, dtype=torch.float64) > 0.5
+    start = torch.cat([
+        torch.randint(cfg.window, cfg.n_total - cfg.window + 1, (n_train,), generator=g),
+        torch.randint(cfg.window, cfg.n_total - span + 1, (cfg.n_test,), generator=g)])
+    parts = []
+    for sl, length in ((slice(0, n_train), cfg.window), (slice(n_train, n), span)):
+        pos = start[sl][None] + torch.arange(length)[:, None]              # (length, m)
+        x_true = curves[ccw[sl].long()[None].expand_as(pos), pos]          # (length, m, 2)
+        x = x_true + cfg.noise_std * torch.randn(x_true.shape, generator=g, dtype=torch.float64)
+        parts.append(SpiralData((t[:length] - t[0]).float(), x.float(), x_true.float(),
+                                ccw[sl].clone(), cfg.window, cfg.noise_std,
+                                start=start[sl].clone()))
+    return parts[0], parts[1]
 
 
 def true_trajectory(W: Tensor, x0: Tensor, t: Tensor) -> Tensor:
-    """x(t) = expm(W t) x0 for each spiral, `(T, n, 2)`.
+    """x(t) = expm(W t) x0 for each of the post's spirals, `(T, n, 2)`.
 
     `t` is `(T,)` (shared) or `(T, n, 1)` (per spiral); computed in float64.
     """
-    W64, x064 = W.double(), x0.double()
-    t64 = t.double()
+    W64, x064, t64 = W.double(), x0.double(), t.double()
     if t64.dim() == 1:
         E = torch.linalg.matrix_exp(W64[None] * t64.reshape(-1, 1, 1, 1))
     else:
@@ -114,15 +188,13 @@ def true_trajectory(W: Tensor, x0: Tensor, t: Tensor) -> Tensor:
 
 
 def make_spirals(cfg: SpiralConfig = SpiralConfig()) -> tuple[SpiralData, SpiralData]:
-    """(train, test): the post's random spirals, in closed form, in one batch.
+    """(train, held-out): the post's random spirals, in closed form, in one batch.
 
     dx/dt = W x with x0 ~ 2 N(0, I), W11, W22 = -0.1|N| - 0.05, W12 = |N|,
-    W21 = -|N|: then x1 dx2/dt - x2 dx1/dt = -|W21| x1^2 - W12 x2^2 + ..., so
-    these spirals turn clockwise; swapping W12 and W21 makes them turn
-    counter-clockwise. Spirals alternate CW, CCW, so both splits (the first
-    `n - n_test` and the last `n_test`) are exactly half of each. The post
-    instead swapped whole tensors on odd indices (the directions then come in
-    pairs) and integrated the spirals one at a time with Euler steps.
+    W21 = -|N|: these turn clockwise; swapping W12 and W21 makes them turn
+    counter-clockwise. Spirals alternate CW, CCW, so both splits are exactly
+    half of each. (The post swapped whole tensors on odd indices, so its
+    directions come in pairs, and integrated each spiral with Euler steps.)
     """
     if cfg.n_spirals % 2 or cfg.n_test % 2 or not 0 < cfg.n_test < cfg.n_spirals:
         raise ValueError(f"need even n_spirals > n_test > 0 and even n_test, got {cfg}")
@@ -144,67 +216,86 @@ def make_spirals(cfg: SpiralConfig = SpiralConfig()) -> tuple[SpiralData, Spiral
     split = n - cfg.n_test
     parts = []
     for sl in (slice(0, split), slice(split, n)):
-        parts.append(SpiralData(f32(t), f32(x[:, sl]), f32(x_true[:, sl]), f32(W[sl]),
-                                f32(x0[sl]), ccw[sl].clone()))
+        parts.append(SpiralData(f32(t), f32(x[:, sl]), f32(x_true[:, sl]), ccw[sl].clone(),
+                                cfg.n_points, cfg.noise_std, W=f32(W[sl]), x0=f32(x0[sl])))
     return parts[0], parts[1]
 
 
-def load_spirals(cfg: SpiralConfig = SpiralConfig(), cache: bool = True,
+def make_data(cfg: PaperSpiralConfig | SpiralConfig) -> tuple[SpiralData, SpiralData]:
+    """Either dataset from its settings."""
+    if isinstance(cfg, PaperSpiralConfig):
+        return make_paper_spirals(cfg)
+    if isinstance(cfg, SpiralConfig):
+        return make_spirals(cfg)
+    raise TypeError(f"not a spiral dataset's settings: {cfg!r}")
+
+
+def load_spirals(cfg: PaperSpiralConfig | SpiralConfig = PaperSpiralConfig(), cache: bool = True,
                  verbose: bool = False) -> tuple[SpiralData, SpiralData]:
-    """`make_spirals(cfg)`, cached in `data/cache/spirals-<hash of cfg>.pt`."""
+    """`make_data(cfg)`, cached in `data/cache/spirals-<hash of kind and settings>.pt`."""
     path = output_dir("cache") / f"spirals-{cfg.key()}.pt"
     if cache and path.exists():
         blob = torch.load(path, weights_only=True)
-        if blob["config"] == asdict(cfg):
+        if blob.get("key") == cfg.key():
             if verbose:
                 print(f"spirals loaded from {path}")
             return SpiralData(**blob["train"]), SpiralData(**blob["test"])
-    start = time.perf_counter()
-    train, test = make_spirals(cfg)
-    if verbose:
-        print(f"{cfg.n_spirals} spirals generated in {time.perf_counter() - start:.3f} s")
+    train, test = make_data(cfg)
     if cache:
-        torch.save({"config": asdict(cfg), "train": vars(train), "test": vars(test)}, path)
+        torch.save({"key": cfg.key(), "train": vars(train), "test": vars(test)}, path)
         if verbose:
-            print(f"cached in {path}")
+            print(f"spirals generated and cached in {path}")
     return train, test
 
 
 def angular_momentum(x: Tensor, t: Tensor) -> Tensor:
-    """Mean of x1 dx2/dt - x2 dx1/dt along each trajectory, `(batch,)`.
+    """Mean of x1 dx2/dt - x2 dx1/dt along each trajectory about its own mean, `(batch,)`.
 
     `x` is `(T, batch, 2)` and `t` `(T,)`; dx/dt by central differences.
-    Negative for clockwise motion, positive for counter-clockwise.
+    Negative for clockwise motion, positive for counter-clockwise. Measured
+    about each trajectory's centre, so a spiral centred off the origin (the
+    paper's) gets the sign of its turning, not of its place.
     """
+    x = x - x.mean(0, keepdim=True)
     dx = torch.gradient(x, spacing=(t,), dim=0)[0]
     return (x[..., 0] * dx[..., 1] - x[..., 1] * dx[..., 0]).mean(0)
 
 
 # ---------------------------------------------------------------------------
-# 2. Batches: windows and irregular observations
+# 2. Batches: windows, irregular observations, the scored positions
 # ---------------------------------------------------------------------------
 @dataclass
 class Batch:
-    """One window per spiral and the points of it that are observed.
+    """Windows of some samples and the points of them that are observed.
 
-    `t_win` `(W, b, 1)`: each spiral's own window times (a per-sample grid);
-    `idx` `(k, b)`: the observed positions in the window, sorted, first 0;
-    `x_obs` `(k, b, 2)`, `t_obs` `(k, b, 1)`: what a model may see;
-    `x_win` noisy and `x_true` noise-free `(W, b, 2)`: the whole window.
+    `t_grid` `(G, b, 1)`: each sample's grid from its window's start (a
+    per-sample grid); `idx` `(k, b)`: the observed positions, sorted, first 0,
+    all inside the first `window` positions; `x_obs`, `t_obs` `(k, b, ·)`: what
+    a model may see; `x_grid` noisy and `x_true` noise-free `(G, b, 2)`.
     """
 
-    t_win: Tensor
+    t_grid: Tensor
     idx: Tensor
     x_obs: Tensor
     t_obs: Tensor
-    x_win: Tensor
+    x_grid: Tensor
     x_true: Tensor
-    spiral: Tensor
+    sample: Tensor
+    window: int
+
+
+def gather_time(a: Tensor, idx: Tensor) -> Tensor:
+    """`a[idx[i, b], b]` for `a` `(T, b, d)` and `idx` `(k, b)`: `(k, b, d)`."""
+    return a.gather(0, idx.unsqueeze(-1).expand(-1, -1, a.shape[-1]))
 
 
 def observed_positions(k: int, window: int, batch: int, g: torch.Generator | None = None,
                        device=None) -> Tensor:
-    """`(k, batch)` sorted positions in a window: 0 and k-1 others drawn at random."""
+    """`(k, batch)` sorted positions in a window: 0, and k-1 others drawn without replacement.
+
+    The first point is always observed so that z0, which the encoder reports
+    at the first observed time, is the state at the window's start.
+    """
     if not 1 <= k <= window:
         raise ValueError(f"cannot observe {k} of {window} points")
     scores = torch.rand(batch, window - 1, generator=g)
@@ -213,36 +304,58 @@ def observed_positions(k: int, window: int, batch: int, g: torch.Generator | Non
     return idx.T.contiguous().to(device)
 
 
-def observe(data: SpiralData, spirals: Tensor, starts: Tensor, k: int, window: int = 100,
-            g: torch.Generator | None = None) -> Batch:
-    """Windows `[start, start + window)` of the given spirals, `k` points observed."""
+def observe(data: SpiralData, samples: Tensor, starts: Tensor, k: int, window: int = 100,
+            horizon: int = 0, g: torch.Generator | None = None) -> Batch:
+    """Windows `[start, start + window + horizon)`; `k` of the first `window` points observed."""
     dev = data.x.device
-    spirals, starts = spirals.to(dev), starts.to(dev)
-    pos = starts[None] + torch.arange(window, device=dev)[:, None]        # (W, b)
-    x_win = data.x[pos, spirals[None]]
-    x_true = data.x_true[pos, spirals[None]]
-    t_win = data.t[pos].unsqueeze(-1)
-    idx = observed_positions(k, window, len(spirals), g, dev)
-    take = lambda a: a.gather(0, idx.unsqueeze(-1).expand(-1, -1, a.shape[-1]))
-    return Batch(t_win, idx, take(x_win), take(t_win), x_win, x_true, spirals)
+    samples, starts = samples.to(dev), starts.to(dev)
+    span = window + horizon
+    if int(starts.max()) + span > data.x.shape[0]:
+        raise ValueError(f"a window of {window} + {horizon} points from start "
+                         f"{int(starts.max())} runs past the {data.x.shape[0]} points")
+    pos = starts[None] + torch.arange(span, device=dev)[:, None]              # (G, b)
+    x_grid, x_true = data.x[pos, samples[None]], data.x_true[pos, samples[None]]
+    t_grid = data.t[pos].unsqueeze(-1)
+    idx = observed_positions(k, window, len(samples), g, dev)
+    return Batch(t_grid, idx, gather_time(x_grid, idx), gather_time(t_grid, idx), x_grid,
+                 x_true, samples, window)
 
 
 def sample_batch(data: SpiralData, batch_size: int, k: int, window: int = 100,
                  g: torch.Generator | None = None) -> Batch:
-    """A training batch: random spirals, each with its own random window start."""
-    n, n_points = len(data), data.x.shape[0]
-    spirals = torch.randperm(n, generator=g)[:batch_size]
-    starts = torch.randint(0, n_points - window + 1, (len(spirals),), generator=g)
-    return observe(data, spirals, starts, k, window, g)
+    """A training batch: random samples, each with its own random window in `train_points`."""
+    n = len(data)
+    samples = torch.randperm(n, generator=g)[:batch_size]
+    starts = torch.randint(0, data.train_points - window + 1, (len(samples),), generator=g)
+    return observe(data, samples, starts, k, window, 0, g)
 
 
-def gather_time(a: Tensor, idx: Tensor) -> Tensor:
-    """`a[idx[i, b], b]` for `a` `(T, b, d)` and `idx` `(k, b)`: `(k, b, d)`."""
-    return a.gather(0, idx.unsqueeze(-1).expand(-1, -1, a.shape[-1]))
+def heldout_batch(data: SpiralData, k: int, window: int = 100, horizon: int = 100,
+                  seed: int = 1234) -> Batch:
+    """The protocol's batch: every held-out sample from its start, k of `window` observed."""
+    g = torch.Generator().manual_seed(seed + k)
+    n = len(data)
+    return observe(data, torch.arange(n), torch.zeros(n, dtype=torch.long), k, window,
+                   horizon, g)
+
+
+def span_mask(b: Batch) -> Tensor:
+    """`(G, b)`: True at the positions inside the observed span (first to last observed)."""
+    pos = torch.arange(b.t_grid.shape[0], device=b.idx.device)[:, None]
+    return pos <= b.idx[-1][None]
+
+
+def extrapolation_positions(b: Batch, horizon: int = 100) -> Tensor:
+    """`(horizon, b)`: the `horizon` positions after each sample's last observation."""
+    last = b.idx[-1]
+    if int(last.max()) + horizon >= b.t_grid.shape[0]:
+        raise ValueError(f"the grid holds {b.t_grid.shape[0]} points, too few for "
+                         f"{horizon} after the last observation")
+    return last[None] + torch.arange(1, horizon + 1, device=last.device)[:, None]
 
 
 # ---------------------------------------------------------------------------
-# 3. The ODE-VAE
+# 3. The latent ODE
 # ---------------------------------------------------------------------------
 def time_gaps(t: Tensor) -> Tensor:
     """The encoder's time input: `t[i-1] - t[i]` (negative) at step i, 0 at the first.
@@ -250,11 +363,7 @@ def time_gaps(t: Tensor) -> Tensor:
     The encoder reads the sequence backwards, from the last observation to
     the first, and its final state must describe z(t0). So the input read
     with x_i is the signed time the encoder is about to travel, t_{i-1} - t_i,
-    backwards hence negative, and the first observation, read last, carries 0:
-    nothing left to travel, the state is at t0. That is the post's choice and
-    we keep it. For a GRU the sign is a convention (negating the gap and the
-    weights that read it gives the same network: see the notebook), but the
-    pairing is not: each gap must sit with the observation it leads away from.
+    backwards hence negative, and the first observation, read last, carries 0.
     """
     gaps = torch.zeros_like(t)
     gaps[1:] = t[:-1] - t[1:]
@@ -262,148 +371,196 @@ def time_gaps(t: Tensor) -> Tensor:
 
 
 class RNNEncoder(nn.Module):
-    """q(z0 | x): a GRU read backwards over (x_i, t_{i-1} - t_i), as in the post."""
+    """q(z0 | x): a GRU read backwards over (x_i, t_{i-1} - t_i); mean and log-variance."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, latent_dim: int):
+    def __init__(self, obs_dim: int, hidden_dim: int, latent_dim: int):
         super().__init__()
         self.latent_dim = latent_dim
-        self.rnn = nn.GRU(input_dim + 1, hidden_dim)
+        self.rnn = nn.GRU(obs_dim + 1, hidden_dim)
         self.hid2lat = nn.Linear(hidden_dim, 2 * latent_dim)
 
     def forward(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        xt = torch.cat((x, time_gaps(t)), dim=-1)
-        _, h0 = self.rnn(xt.flip((0,)))  # reversed: the last state is at t0
-        z0 = self.hid2lat(h0[0])
-        return z0[:, :self.latent_dim], z0[:, self.latent_dim:]
+        _, h = self.rnn(torch.cat((x, time_gaps(t)), -1).flip((0,)))  # the last state is at t0
+        out = self.hid2lat(h[0])
+        return out[:, :self.latent_dim], out[:, self.latent_dim:]
 
 
-class NeuralODEDecoder(nn.Module):
-    """p(x | z0): z(t) from time-invariant `NNODEF` dynamics, then a linear map to x."""
+def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ELU())
+    return nn.Sequential(*layers)
 
-    def __init__(self, output_dim: int, hidden_dim: int, latent_dim: int,
-                 method: str = "euler", h_max: float = 0.2, adjoint: bool = False):
+
+class LatentODEF(ODEF):
+    """dz/dt = MLP(z): time-invariant latent dynamics, `layers` hidden layers of `hidden` ELUs."""
+
+    def __init__(self, latent_dim: int, hidden_dim: int, layers: int = 1):
         super().__init__()
-        func = NNODEF(latent_dim, hidden_dim, time_invariant=True)
-        self.ode = NeuralODE(func, method=method, h_max=h_max, adjoint=adjoint)
-        self.l2h = nn.Linear(latent_dim, hidden_dim)
-        self.h2o = nn.Linear(hidden_dim, output_dim)
+        self.net = _mlp([latent_dim] + [hidden_dim] * layers + [latent_dim])
 
-    def forward(self, z0: Tensor, t: Tensor) -> Tensor:
-        zs = self.ode(z0, t, return_whole_sequence=True)
-        return self.h2o(self.l2h(zs))
+    def forward(self, z: Tensor, t: Tensor) -> Tensor:
+        return self.net(z)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and solver of both models.
+
+    The defaults are this project's recipe for the paper's spirals (notebook
+    03's ablation compares it with the paper's sizes, `paper()`); `post()` is
+    for the post's spirals, with the post's sizes.
+    """
+
+    obs_dim: int = 2
+    rnn_hidden: int = 25       # the encoder's GRU (both models) and the RNN's decoder GRU
+    latent_dim: int = 6        # z0 of the latent ODE; the RNN's code
+    ode_hidden: int = 40
+    ode_layers: int = 1
+    dec_hidden: int = 40
+    method: str = "euler"
+    h_max: float = 0.04        # one step per grid interval (the paper's grid: 0.0378)
+
+    @staticmethod
+    def paper() -> ModelConfig:
+        """Section 5.1's sizes: GRU 25, latent 4, one hidden layer of 20 in f and in g."""
+        return ModelConfig(latent_dim=4, ode_hidden=20, dec_hidden=20)
+
+    @staticmethod
+    def post() -> ModelConfig:
+        """The post's sizes: latent 6, 64 units, two hidden layers in f; grid spacing 0.158."""
+        return ModelConfig(rnn_hidden=64, latent_dim=6, ode_hidden=64, ode_layers=2,
+                           dec_hidden=64, h_max=0.2)
 
 
 class ODEVAE(nn.Module):
-    """The post's ODE-VAE: latent 6, hidden 64 by default.
+    """The latent ODE: encode (x, t) to q(z0), solve dz/dt = f(z) from z0, decode each z(t).
 
-    `method`, `h_max`, `adjoint` set the decoder's solver. The defaults are
-    this project's training settings: Euler with `h_max = 0.2`, i.e. one step
-    per interval of the data's grid (spacing 0.158) when decoding on a
-    window's grid, differentiated by backpropagation through the solver. The
-    post used Euler with `h_max = 0.05` and the adjoint (notebook 03 compares).
+    The decoder solves with `odecore.NeuralODE` on each sample's grid and
+    backpropagates through the solver (`adjoint=False`): exact gradients of
+    the computed loss, and cheap at one step per grid interval.
     """
 
-    def __init__(self, output_dim: int = 2, hidden_dim: int = 64, latent_dim: int = 6,
-                 method: str = "euler", h_max: float = 0.2, adjoint: bool = False):
+    kind = "Latent ODE"
+
+    def __init__(self, cfg: ModelConfig = ModelConfig()):
         super().__init__()
-        self.hparams = dict(output_dim=output_dim, hidden_dim=hidden_dim,
-                            latent_dim=latent_dim, method=method, h_max=h_max,
-                            adjoint=adjoint)
-        self.encoder = RNNEncoder(output_dim, hidden_dim, latent_dim)
-        self.decoder = NeuralODEDecoder(output_dim, hidden_dim, latent_dim, method,
-                                        h_max, adjoint)
+        self.cfg = cfg
+        self.encoder = RNNEncoder(cfg.obs_dim, cfg.rnn_hidden, cfg.latent_dim)
+        self.ode = NeuralODE(LatentODEF(cfg.latent_dim, cfg.ode_hidden, cfg.ode_layers),
+                             method=cfg.method, h_max=cfg.h_max, adjoint=False)
+        self.readout = _mlp([cfg.latent_dim, cfg.dec_hidden, cfg.obs_dim])
 
-    def forward(self, x: Tensor, t: Tensor, t_dec: Tensor | None = None, MAP: bool = False):
-        """Encode (x, t), sample z0, decode at `t_dec` (default: t).
+    def encode(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q(z0 | x), `(b, latent_dim)` each."""
+        return self.encoder(x, t)
 
-        Returns x_p `(len(t_dec), b, 2)`, z0, its mean and log-variance.
-        """
-        z_mean, z_log_var = self.encoder(x, t)
-        z = z_mean if MAP else z_mean + torch.randn_like(z_mean) * torch.exp(0.5 * z_log_var)
-        x_p = self.decoder(z, t if t_dec is None else t_dec)
-        return x_p, z, z_mean, z_log_var
+    def latent_path(self, z0: Tensor, t: Tensor) -> Tensor:
+        """z(t) `(T, b, latent_dim)` from z0 at t[0]."""
+        return self.ode(z0, t, return_whole_sequence=True)
+
+    def decode(self, z0: Tensor, t: Tensor) -> Tensor:
+        return self.readout(self.latent_path(z0, t))
+
+    def forward(self, x: Tensor, t: Tensor, t_grid: Tensor, sample: bool = True
+                ) -> tuple[Tensor, Tensor]:
+        """Predictions on `t_grid` and the KL of q(z0 | x) from N(0, I) per sample `(b,)`."""
+        mean, log_var = self.encode(x, t)
+        z0 = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var) if sample else mean
+        kl = 0.5 * (mean ** 2 + log_var.exp() - 1.0 - log_var).sum(-1)
+        return self.decode(z0, t_grid), kl
 
     @torch.no_grad()
-    def generate_with_seed(self, seed_x: Tensor, seed_t: Tensor, t: Tensor) -> Tensor:
-        """The post's generation: encode the seed, decode the mean at times `t`."""
-        z_mean, _ = self.encoder(seed_x, seed_t)
-        return self.decoder(z_mean, t)
+    def predict(self, x: Tensor, t: Tensor, t_grid: Tensor) -> Tensor:
+        """Decode the posterior mean of z0 on `t_grid`."""
+        return self.decode(self.encode(x, t)[0], t_grid)
 
-
-def with_solver(vae: ODEVAE, method: str, h_max: float) -> ODEVAE:
-    """A copy of `vae` whose decoder solves with another method or step (for checks)."""
-    other = copy.deepcopy(vae)
-    other.decoder.ode.opts = dict(other.decoder.ode.opts, method=method, h_max=float(h_max))
-    other.hparams = dict(other.hparams, method=method, h_max=float(h_max))
-    return other
-
-
-def elbo_loss(x: Tensor, x_p: Tensor, z_mean: Tensor, z_log_var: Tensor,
-              noise_std: float) -> Tensor:
-    """The post's negative ELBO per observed point.
-
-    0.5 * sum (x - x_p)^2 / sigma^2 over time and dims, plus KL(q(z0) || N(0, I)),
-    averaged over the batch and divided by the number of observed points.
-    """
-    kl = -0.5 * torch.sum(1 + z_log_var - z_mean ** 2 - torch.exp(z_log_var), -1)
-    rec = 0.5 * ((x - x_p) ** 2).sum(-1).sum(0) / noise_std ** 2
-    return (rec + kl).mean() / x.shape[0]
+    @torch.no_grad()
+    def code(self, x: Tensor, t: Tensor) -> Tensor:
+        """z0's posterior mean: what notebook 04 walks and the classifier reads."""
+        return self.encode(x, t)[0]
 
 
 # ---------------------------------------------------------------------------
 # 4. The RNN baseline
 # ---------------------------------------------------------------------------
 class RNNBaseline(nn.Module):
-    """The RNN counterpart of the ODE-VAE: the same backwards GRU encoder, and a
-    GRU decoder that takes the time gaps as input instead of solving an ODE.
+    """The latent ODE with its ODE replaced by a GRU that is fed the time gaps.
 
-    The encoder's last state becomes the decoder's initial state h(t0); the
-    decoder then steps from output time to output time, reading each gap
-    t_i - t_{i-1} (0 at the first) and emitting x(t_i). It is trained like
-    the VAE, but deterministically (no sampling, no KL), to reproduce the
-    observed points at the observed times, so it learns to move its state
-    over the irregular gaps it is given, the way the paper's RNN baseline
-    gets "the time difference" as an input. Its state `state_dim` is the
-    thing notebook 04 interpolates, as it interpolates the VAE's z0.
+    The same backwards GRU encoder gives a code of the latent ODE's size (the
+    counterpart of z0: deterministic, so no KL). A linear map makes it the
+    initial state of a GRU cell that steps from grid time to grid time,
+    reading the previous output and the gap to the next time, and adds a
+    change to the output (x_i = x_{i-1} + out(h_i)), the discrete counterpart
+    of integrating dx/dt. Trained and evaluated on the same grid as the
+    latent ODE, so it never meets a step size it was not trained on.
     """
 
-    def __init__(self, input_dim: int = 2, hidden_dim: int = 64, state_dim: int = 32):
+    kind = "RNN"
+
+    def __init__(self, cfg: ModelConfig = ModelConfig()):
         super().__init__()
-        self.hparams = dict(input_dim=input_dim, hidden_dim=hidden_dim, state_dim=state_dim)
-        self.rnn = nn.GRU(input_dim + 1, hidden_dim)
-        self.hid2state = nn.Linear(hidden_dim, state_dim)
-        self.cell = nn.GRUCell(input_dim + 1, state_dim)
-        self.state2x = nn.Linear(state_dim, input_dim)
-        self.out = nn.Linear(state_dim, input_dim)
+        self.cfg = cfg
+        self.encoder = RNNEncoder(cfg.obs_dim, cfg.rnn_hidden, cfg.latent_dim)
+        self.code2h = nn.Linear(cfg.latent_dim, cfg.rnn_hidden)
+        self.h2x = nn.Linear(cfg.rnn_hidden, cfg.obs_dim)
+        self.cell = nn.GRUCell(cfg.obs_dim + 1, cfg.rnn_hidden)
+        self.out = nn.Linear(cfg.rnn_hidden, cfg.obs_dim)
 
-    def encode(self, x: Tensor, t: Tensor) -> Tensor:
-        """h(t0) `(b, state_dim)` from the observations, read backwards as in `RNNEncoder`."""
-        _, h = self.rnn(torch.cat((x, time_gaps(t)), -1).flip((0,)))
-        return torch.tanh(self.hid2state(h[0]))
-
-    def decode(self, h: Tensor, t: Tensor) -> Tensor:
-        """x at each time of `t` `(T, b, 1)` from the state h(t[0]).
-
-        Each step reads the previous output and the gap to the next time, and
-        adds a change to the output (x_i = x_{i-1} + out(h_i)), the discrete
-        counterpart of integrating dx/dt.
-        """
+    def hidden_path(self, code: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The decoder's states `(T, b, rnn_hidden)` and outputs `(T, b, obs)` on grid `t`."""
+        h = torch.tanh(self.code2h(code))
+        x = self.h2x(h)
         gaps = torch.zeros_like(t)
         gaps[1:] = t[1:] - t[:-1]
-        x = self.state2x(h)
-        xs = []
+        hs, xs = [], []
         for i in range(t.shape[0]):
-            h = self.cell(torch.cat((x, gaps[i]), -1), h)
-            x = x + self.out(h)
+            if i:  # the first output is read from the initial state, at t0
+                h = self.cell(torch.cat((x, gaps[i]), -1), h)
+                x = x + self.out(h)
+            hs.append(h)
             xs.append(x)
-        return torch.stack(xs)
+        return torch.stack(hs), torch.stack(xs)
 
-    def forward(self, x: Tensor, t: Tensor, t_dec: Tensor | None = None) -> Tensor:
-        return self.decode(self.encode(x, t), t if t_dec is None else t_dec)
+    def decode(self, code: Tensor, t: Tensor) -> Tensor:
+        return self.hidden_path(code, t)[1]
+
+    def forward(self, x: Tensor, t: Tensor, t_grid: Tensor, sample: bool = True
+                ) -> tuple[Tensor, Tensor]:
+        code = self.encoder(x, t)[0]
+        return self.decode(code, t_grid), torch.zeros(x.shape[1], device=x.device)
 
     @torch.no_grad()
-    def generate_with_seed(self, seed_x: Tensor, seed_t: Tensor, t: Tensor) -> Tensor:
-        return self.decode(self.encode(seed_x, seed_t), t)
+    def predict(self, x: Tensor, t: Tensor, t_grid: Tensor) -> Tensor:
+        return self.decode(self.encoder(x, t)[0], t_grid)
+
+    @torch.no_grad()
+    def code(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.encoder(x, t)[0]
+
+
+MODELS = {"Latent ODE": ODEVAE, "RNN": RNNBaseline}
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def gaussian_nll(x: Tensor, x_p: Tensor, noise_std: float) -> Tensor:
+    """-log N(x | x_p, sigma^2 I) up to a constant, summed over time and dims: `(b,)`."""
+    return 0.5 * ((x - x_p) ** 2).sum(-1).sum(0) / noise_std ** 2
+
+
+def elbo_loss(x: Tensor, x_p: Tensor, kl: Tensor, noise_std: float, kl_weight: float = 1.0
+              ) -> Tensor:
+    """The negative ELBO per observed point: (NLL + w KL), averaged over the batch, / k.
+
+    With w = 1 this is the ELBO. (The post added the KL with the wrong sign
+    and dropped its 1/2.) The RNN's loss is the same with kl = 0.
+    """
+    return (gaussian_nll(x, x_p, noise_std) + kl_weight * kl).mean() / x.shape[0]
 
 
 # ---------------------------------------------------------------------------
@@ -411,71 +568,44 @@ class RNNBaseline(nn.Module):
 # ---------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
-    """How long and how to train; `train_config(budget)` gives each budget's."""
+    """How long and how to train; the same for both models. `train_config` gives each budget's."""
 
-    vae_iters: int = 1500
-    rnn_iters: int = 1500
+    iters: int = 3000
     batch_size: int = 100
-    lr: float = 3e-3
-    rnn_lr: float = 3e-3
+    lr: float = 1e-2
+    lr_final: float = 0.02     # the cosine schedule ends at this fraction of lr
     n_obs: tuple = (30, 50, 100)
     window: int = 100
-    method: str = "euler"
-    h_max: float = 0.2
-    adjoint: bool = False
     grad_clip: float = 10.0
+    kl_warmup: int = 0         # iterations over which the KL weight rises from 0 to 1
+    noise_std: float | None = None  # the likelihood's sigma (default: the data's)
     seed: int = 0
     frame_every: int = 0
     extra: dict = field(default_factory=dict)
 
 
-def train_config(budget: str) -> TrainConfig:
-    """Each budget's training settings.
+def train_config(budget: str, dataset: str = "paper") -> TrainConfig:
+    """Each budget's training settings, for the paper's or the post's spirals.
 
-    smoke: a few dozen iterations, to check that everything runs;
-    quick: about 5 minutes of training on the project's 2-core CPU (4000 VAE
-    and 3000 RNN iterations at about 0.08 and 0.06 s each, on the two cores at
-    once: `train_rnn_async`);
-    full: larger batches and longer schedules, sized to finish within
-    10 minutes on one H100 (an estimate: not measured).
+    smoke: a few iterations, to check that everything runs; quick: about 2 to 3
+    minutes a model on one core of the project's CPU; full: four times quick.
     """
-    if budget == "smoke":
-        return TrainConfig(vae_iters=60, rnn_iters=60, frame_every=20)
-    if budget == "quick":
-        return TrainConfig(vae_iters=4000, rnn_iters=3000, frame_every=200)
-    if budget == "full":
-        return TrainConfig(vae_iters=12000, rnn_iters=8000, batch_size=256, frame_every=600)
-    raise ValueError(f"unknown budget {budget!r}; use one of smoke, quick, full")
+    iters = {"smoke": 10, "quick": 1500, "full": 6000}
+    if budget not in iters:
+        raise ValueError(f"unknown budget {budget!r}; use one of smoke, quick, full")
+    if dataset not in ("paper", "post"):
+        raise ValueError(f"unknown dataset {dataset!r}; use paper or post")
+    n = iters[budget] if dataset == "paper" else iters[budget] // 2
+    return TrainConfig(iters=n, kl_warmup=n // 5, frame_every=max(1, n // 20))
 
 
-def _fixed_batch(data: SpiralData, cfg: TrainConfig, n: int = 200) -> Batch:
-    """The same 50-point windows of (up to) 200 training spirals, before and after training."""
-    g = torch.Generator().manual_seed(cfg.seed + 99)
-    n = min(n, len(data))
-    starts = torch.randint(0, data.x.shape[0] - cfg.window + 1, (n,), generator=g)
-    return observe(data, torch.arange(n), starts, min(50, cfg.window), cfg.window, g)
-
-
-@torch.no_grad()
-def _vae_batch_loss(vae: ODEVAE, b: Batch, noise_std: float) -> float:
-    x_p, _, m, lv = vae(b.x_obs, b.t_obs, b.t_win, MAP=True)
-    return float(elbo_loss(b.x_obs, gather_time(x_p, b.idx), m, lv, noise_std))
-
-
-@torch.no_grad()
-def _rnn_batch_loss(rnn: RNNBaseline, b: Batch, noise_std: float) -> float:
-    pred = rnn(b.x_obs, b.t_obs)
-    return float(0.5 * ((pred - b.x_obs) ** 2).sum(-1).sum(0).mean() / noise_std ** 2
-                 / b.x_obs.shape[0])
-
-
-def _cosine(optim, iters: int):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda i: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(i, iters) / iters)))
+def _cosine(optim, iters: int, final: float):
+    cos = lambda i: 0.5 * (1 + math.cos(math.pi * min(i, iters) / iters))
+    return torch.optim.lr_scheduler.LambdaLR(optim, lambda i: final + (1 - final) * cos(i))
 
 
 def _progress(n: int, desc: str, enabled: bool):
-    """A text progress bar (tqdm) over range(n), or the plain range."""
+    """A tqdm progress bar over range(n), or the plain range."""
     if not enabled:
         return range(n)
     import warnings
@@ -486,258 +616,300 @@ def _progress(n: int, desc: str, enabled: bool):
     return tqdm(range(n), desc=desc, mininterval=10.0)
 
 
-def train_vae(vae: ODEVAE, data: SpiralData, cfg: TrainConfig, noise_std: float = 0.02,
-              callback=None, log_every: int = 0, progress: bool = False) -> dict:
-    """Train the ODE-VAE on random windows; returns the history.
+def train_model(model: nn.Module, data: SpiralData, cfg: TrainConfig,
+                callback: Callable | None = None, progress: bool = False) -> dict:
+    """Train either model on random windows; returns the history.
 
     Each batch observes k of each window's points (k drawn from `cfg.n_obs`),
-    the encoder reads those, the decoder solves on the window's own grid (one
-    solver step per grid interval: `h_max` above the data's spacing) and the
-    ELBO scores the observed points. `callback(i, vae)` runs every
-    `cfg.frame_every` iterations (the notebook draws frames with it).
-    The history holds each batch's loss, its k, the elapsed time, and the
-    loss of one fixed batch of training windows before and after training
-    (`fixed_batch_loss`, without sampling: a steadier "did it learn" than
-    single batches, whose loss swings with the size of their spirals).
+    the encoder reads those, the decoder predicts the whole window's grid,
+    and the loss scores the observed points. Batches come from `cfg.seed`
+    alone, so both models see the very same batches in the same order.
+    `callback(i, model)` runs every `cfg.frame_every` iterations.
     """
-    dev = next(vae.parameters()).device
+    dev = next(model.parameters()).device
     data = data.to(dev)
+    sigma = cfg.noise_std or data.noise_std
     g = torch.Generator().manual_seed(cfg.seed)
-    optim = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
-    sched = _cosine(optim, cfg.vae_iters)
-    hist = {"loss": [], "k": [], "time": []}
-    fixed = _fixed_batch(data, cfg)
-    vae.eval()
-    hist["fixed_batch_loss"] = [_vae_batch_loss(vae, fixed, noise_std)]
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = _cosine(optim, cfg.iters, cfg.lr_final)
+    hist: dict = {"loss": [], "k": [], "time": []}
     start = time.perf_counter()
-    vae.train()
-    bar = _progress(cfg.vae_iters, "latent ODE", progress)
-    for i in bar:
+    model.train()
+    for i in _progress(cfg.iters, model.kind, progress):
         k = cfg.n_obs[int(torch.randint(len(cfg.n_obs), (1,), generator=g))]
         b = sample_batch(data, cfg.batch_size, k, cfg.window, g)
-        x_p, _, z_mean, z_log_var = vae(b.x_obs, b.t_obs, b.t_win)
-        loss = elbo_loss(b.x_obs, gather_time(x_p, b.idx), z_mean, z_log_var, noise_std)
+        x_p, kl = model(b.x_obs, b.t_obs, b.t_grid)
+        w = min(1.0, (i + 1) / cfg.kl_warmup) if cfg.kl_warmup else 1.0
+        loss = elbo_loss(b.x_obs, gather_time(x_p, b.idx), kl, sigma, w)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{model.kind}: the loss is {loss.item()} at iteration {i}")
         optim.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optim.step()
         sched.step()
         hist["loss"].append(loss.item())
         hist["k"].append(k)
         hist["time"].append(time.perf_counter() - start)
         if callback is not None and cfg.frame_every and (i % cfg.frame_every == 0
-                                                         or i == cfg.vae_iters - 1):
-            vae.eval()
-            callback(i, vae)
-            vae.train()
-        if progress and i % 50 == 49:
-            bar.set_postfix(loss=f"{np.mean(hist['loss'][-50:]):.1f}", refresh=False)
-        if log_every and (i % log_every == 0 or i == cfg.vae_iters - 1):
-            recent = np.mean(hist["loss"][-log_every:])
-            print(f"vae iter {i:5d}  loss {recent:9.2f}  {hist['time'][-1]:6.1f} s", flush=True)
-    vae.eval()
-    hist["fixed_batch_loss"].append(_vae_batch_loss(vae, fixed, noise_std))
+                                                         or i == cfg.iters - 1):
+            model.eval()
+            callback(i, model)
+            model.train()
+    model.eval()
     return hist
 
 
-def train_rnn(rnn: RNNBaseline, data: SpiralData, cfg: TrainConfig, noise_std: float = 0.02,
-              log_every: int = 0, progress: bool = False) -> dict:
-    """Train the RNN baseline on the same windows: reproduce the observed points."""
-    dev = next(rnn.parameters()).device
-    data = data.to(dev)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    optim = torch.optim.Adam(rnn.parameters(), lr=cfg.rnn_lr)
-    sched = _cosine(optim, cfg.rnn_iters)
-    hist = {"loss": [], "k": [], "time": []}
-    fixed = _fixed_batch(data, cfg)
-    hist["fixed_batch_loss"] = [_rnn_batch_loss(rnn, fixed, noise_std)]
-    start = time.perf_counter()
-    rnn.train()
-    bar = _progress(cfg.rnn_iters, "RNN", progress)
-    for i in bar:
-        k = cfg.n_obs[int(torch.randint(len(cfg.n_obs), (1,), generator=g))]
-        b = sample_batch(data, cfg.batch_size, k, cfg.window, g)
-        pred = rnn(b.x_obs, b.t_obs)  # decoded at the observed times, over their gaps
-        # the VAE's Gaussian likelihood, per observed point (no KL: it is deterministic)
-        loss = 0.5 * ((pred - b.x_obs) ** 2).sum(-1).sum(0).mean() / noise_std ** 2 / k
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(rnn.parameters(), cfg.grad_clip)
-        optim.step()
-        sched.step()
-        hist["loss"].append(loss.item())
-        hist["k"].append(k)
-        hist["time"].append(time.perf_counter() - start)
-        if progress and i % 50 == 49:
-            bar.set_postfix(loss=f"{np.mean(hist['loss'][-50:]):.1f}", refresh=False)
-        if log_every and (i % log_every == 0 or i == cfg.rnn_iters - 1):
-            recent = np.mean(hist["loss"][-log_every:])
-            print(f"rnn iter {i:5d}  loss {recent:9.2f}  {hist['time'][-1]:6.1f} s", flush=True)
-    rnn.eval()
-    hist["fixed_batch_loss"].append(_rnn_batch_loss(rnn, fixed, noise_std))
-    return hist
+def ablation_settings(cfg: TrainConfig, mcfg: ModelConfig, iters: int
+                      ) -> dict[str, tuple[TrainConfig, ModelConfig]]:
+    """The recipe and one change at a time, each for `iters` iterations.
+
+    Notebook 03 trains a latent ODE for each row; the recipe row is the
+    reference the others are read against.
+    """
+    base = replace(cfg, iters=iters, kl_warmup=iters // 5, frame_every=0)
+    paper = ModelConfig.paper()
+    return {
+        "the recipe": (base, mcfg),
+        "the paper's sizes (latent 4, 20 units)": (base, replace(
+            mcfg, latent_dim=paper.latent_dim, ode_hidden=paper.ode_hidden,
+            dec_hidden=paper.dec_hidden)),
+        "learning rate 3e-3 (the post's)": (replace(base, lr=3e-3), mcfg),
+        "no KL annealing": (replace(base, kl_warmup=0), mcfg),
+        "likelihood sigma 0.03 (a tenth of the noise)": (replace(base, noise_std=0.03), mcfg),
+        "half the iterations": (replace(base, iters=iters // 2, kl_warmup=iters // 10), mcfg),
+    }
+
+
+def new_model(kind: str, mcfg: ModelConfig, seed: int, device=None) -> nn.Module:
+    """A fresh model of `kind` ("Latent ODE" or "RNN"), initialised from `seed` alone."""
+    torch.manual_seed(seed)
+    return MODELS[kind](mcfg).to(device or get_device())
+
+
+def train_new(kind: str, mcfg: ModelConfig, data: SpiralData, cfg: TrainConfig,
+              seed: int = 0, device=None) -> tuple[nn.Module, dict]:
+    """`new_model` then `train_model`: one job for `run_parallel`."""
+    model = new_model(kind, mcfg, seed, device)
+    return model, train_model(model, data, cfg)
 
 
 class _Done:
-    """A finished result with the `result()` of a future (training ran in this process)."""
+    """A finished result with the `result()` of a future (the job ran in this process)."""
 
     def __init__(self, value):
         self.value = value
 
-    def result(self) -> tuple:
+    def result(self):
         return self.value
 
 
-def _train_new_rnn(data: SpiralData, cfg: TrainConfig, noise_std: float, seed: int,
-                   device: torch.device):
-    torch.manual_seed(seed)
-    rnn = RNNBaseline().to(device)
-    return rnn, train_rnn(rnn, data, cfg, noise_std)
-
-
-def _train_in_worker(*args):
+def _one_thread(fn, args):
     # A forked child must not enter the parent's OpenMP thread pool (it would wait
     # forever for threads that were not copied): one thread, no parallel regions.
     torch.set_num_threads(1)
-    return _train_new_rnn(*args)
+    return fn(*args)
 
 
-def train_rnn_async(data: SpiralData, cfg: TrainConfig, noise_std: float = 0.02,
-                    seed: int = 1, device: torch.device | str | None = None
-                    ) -> Future | _Done:
-    """Train a new `RNNBaseline` (initialised from `seed`) on a spare core.
+def _pool(workers: int) -> ProcessPoolExecutor | None:
+    """A fork pool on a multi-core Linux/macOS CPU; None where jobs should run in turn."""
+    if (workers < 2 or get_device().type != "cpu"
+            or "fork" not in multiprocessing.get_all_start_methods()):
+        return None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
 
-    The VAE and the RNN are small single-threaded models, so on a multi-core
-    CPU a forked process trains the RNN while the caller trains the VAE, and
-    `.result()` returns `(rnn, history)` when it is done. On a GPU, or with one
-    core, it trains here and now. Either way the result is the same: the RNN's
-    initial weights and batches come from its own seeds, not from the caller's
-    random state.
+
+def submit(fn: Callable, *args) -> Future | _Done:
+    """Run `fn(*args)` on a spare core and return a future; in turn where there is none.
+
+    The spiral models are small and single-threaded, so a second CPU core
+    trains a second model at the same time. On a GPU, with one core, or
+    without `fork` (Windows), `fn` runs here and now. Jobs must take their
+    randomness from their arguments (seeds), so both paths give one result.
     """
-    device = torch.device(device) if device is not None else get_device()
-    if device.type != "cpu" or (os.cpu_count() or 1) < 2:
-        return _Done(_train_new_rnn(data, cfg, noise_std, seed, device))
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-    future = pool.submit(_train_in_worker, data.to("cpu"), cfg, noise_std, seed, device)
+    pool = _pool(min(2, os.cpu_count() or 1))
+    if pool is None:
+        return _Done(fn(*args))
+    future = pool.submit(_one_thread, fn, args)
     pool.shutdown(wait=False)  # the worker finishes its one job, then exits
     return future
+
+
+def run_parallel(fn: Callable, jobs: Sequence[tuple], workers: int | None = None) -> list:
+    """`[fn(*args) for args in jobs]`, one job a core (in turn on a GPU or one core)."""
+    pool = _pool(workers or os.cpu_count() or 1)
+    if pool is None:
+        return [fn(*args) for args in jobs]
+    with pool:
+        return list(pool.map(_one_thread, [fn] * len(jobs), jobs))
 
 
 # ---------------------------------------------------------------------------
 # 6. Evaluation
 # ---------------------------------------------------------------------------
-def rmse(pred: Tensor, target: Tensor) -> float:
-    """Root mean squared error over every time, spiral and coordinate."""
-    return float(((pred - target) ** 2).mean().sqrt())
+def rmse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
+    """Root mean squared error over times, samples and coordinates (where `mask` `(T, b)`)."""
+    sq = ((pred - target) ** 2).mean(-1)
+    if mask is not None:
+        sq = sq[mask]
+    return float(sq.mean().sqrt())
 
 
-def trivial_predict(x_obs: Tensor, n: int) -> Tensor:
-    """The trivial predictor: each window's mean of its observed points, at every time."""
-    return x_obs.mean(0, keepdim=True).expand(n, -1, -1)
+def trivial_predict(b: Batch) -> Tensor:
+    """The trivial predictor: each window's mean of its observed points, at every grid time."""
+    return b.x_obs.mean(0, keepdim=True).expand(b.t_grid.shape[0], -1, -1)
 
 
-def heldout_windows(data: SpiralData, window: int = 100, seed: int = 1234) -> tuple[Tensor, Tensor]:
-    """One fixed random window start per held-out spiral: (spirals, starts)."""
-    g = torch.Generator().manual_seed(seed)
-    n, n_points = len(data), data.x.shape[0]
-    return torch.arange(n), torch.randint(0, n_points - window + 1, (n,), generator=g)
+def score(pred: Tensor, b: Batch, horizon: int = 100) -> dict:
+    """Interpolation (inside the observed span) and extrapolation (next `horizon`) RMSE."""
+    ext = extrapolation_positions(b, horizon)
+    return {"interpolation": rmse(pred, b.x_true, span_mask(b)),
+            "extrapolation": rmse(gather_time(pred, ext), gather_time(b.x_true, ext))}
 
 
 @torch.no_grad()
-def evaluate_table2(vae: ODEVAE, rnn: RNNBaseline | None, data: SpiralData,
-                    n_obs=(100, 50, 30), window: int = 100, seed: int = 1234) -> dict:
-    """The paper's Table 2 protocol on held-out spirals.
+def evaluate(models: dict, data: SpiralData, ks: Sequence[int] = (30, 50, 100),
+             window: int = 100, horizon: int = 100, seed: int = 1234) -> dict:
+    """The paper's protocol on held-out samples, for each k and model (and the trivial one).
 
-    One window per spiral; observe k of its points (irregularly, always the
-    first), predict all `window` times, RMSE against the noise-free trajectory.
-    Returns {k: {"Latent ODE": .., "RNN": .., "trivial": ..}} and the batches.
+    Observe k of each sample's first `window` points (irregularly, always the
+    first), predict on the grid of `window + horizon` points, and score against
+    the noise-free truth: "interpolation", the points from the first to the
+    last observation; "extrapolation", the `horizon` points after the last
+    observation (the paper's predictive RMSE). Returns
+    {"rmse": {k: {model: {"interpolation", "extrapolation"}}}, "batches": {k: (b, preds)}}.
     """
-    dev = next(vae.parameters()).device
+    dev = next(iter(models.values())).encoder.rnn.weight_ih_l0.device
     data = data.to(dev)
-    spirals, starts = heldout_windows(data, window, seed)
     out, batches = {}, {}
-    for k in n_obs:
-        g = torch.Generator().manual_seed(seed + k)
-        b = observe(data, spirals, starts, k, window, g)
-        row = {"trivial": rmse(trivial_predict(b.x_obs, window), b.x_true)}
-        x_p = vae.generate_with_seed(b.x_obs, b.t_obs, b.t_win)
-        row["Latent ODE"] = rmse(x_p, b.x_true)
-        preds = {"Latent ODE": x_p}
-        if rnn is not None:
-            r = rnn.generate_with_seed(b.x_obs, b.t_obs, b.t_win)
-            row["RNN"] = rmse(r, b.x_true)
-            preds["RNN"] = r
-        out[k] = row
+    for k in ks:
+        b = heldout_batch(data, k, window, horizon, seed)
+        preds = {name: m.predict(b.x_obs, b.t_obs, b.t_grid) for name, m in models.items()}
+        preds["trivial"] = trivial_predict(b)
+        out[k] = {name: score(p, b, horizon) for name, p in preds.items()}
         batches[k] = (b, preds)
     return {"rmse": out, "batches": batches}
 
 
-@torch.no_grad()
-def evaluate_extrapolation(vae: ODEVAE, rnn: RNNBaseline | None, data: SpiralData,
-                           k: int = 50, window: int = 100, seed: int = 4321) -> dict:
-    """Extrapolation past the window, the post's way: seed with 50 points, generate 200.
+def linear_separability(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tensor
+                        ) -> float:
+    """Held-out accuracy of a linear rule (least squares on +-1 labels) fitted on other samples.
 
-    Each held-out spiral's first `window` points form the window; `k` of them
-    are observed (irregularly, always the first) and every model predicts all
-    `n_points` times. RMSE against the noise-free spiral inside the window and
-    past it, beside the trivial predictor (the mean of the observed points).
+    The features are standardised with the training samples' statistics.
     """
-    dev = next(vae.parameters()).device
-    data = data.to(dev)
-    T, n = data.x.shape[:2]
+    mu, sd = z_train.mean(0), z_train.std(0) + 1e-8
+    A = lambda z: torch.cat([(z - mu) / sd, torch.ones(len(z), 1, device=z.device)], 1).double()
+    target = (y_train.double() * 2 - 1)[:, None].to(z_train.device)
+    w = torch.linalg.lstsq(A(z_train), target).solution
+    pred = (A(z_test) @ w)[:, 0] > 0
+    return float((pred.cpu() == y_test.cpu().bool()).double().mean())
+
+
+@torch.no_grad()
+def direction_separability(model: nn.Module, train: SpiralData, test: SpiralData, k: int = 100,
+                           window: int = 100, seed: int = 77) -> float:
+    """How well a linear rule on z0 (or the RNN's code) tells CW from CCW on held-out windows.
+
+    The rule is fitted on training windows' codes and scored on held-out ones.
+    """
+    dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    b = observe(data, torch.arange(n), torch.zeros(n, dtype=torch.long), k, window, g)
-    t = data.t[:, None, None].expand(T, n, 1)
-    preds = {"Latent ODE": vae.generate_with_seed(b.x_obs, b.t_obs, t)}
-    if rnn is not None:
-        preds["RNN"] = rnn.generate_with_seed(b.x_obs, b.t_obs, t)
-    preds["trivial"] = trivial_predict(b.x_obs, T)
-    res = {name: {"window": rmse(p[:window], data.x_true[:window]),
-                  "extrapolation": rmse(p[window:], data.x_true[window:])}
-           for name, p in preds.items()}
-    return {"rmse": res, "preds": preds, "batch": b, "t": t}
+    n = len(train)
+    b_tr = observe(train.to(dev), torch.arange(n), torch.zeros(n, dtype=torch.long), k, window,
+                   0, g)
+    b_te = heldout_batch(test.to(dev), k, window, 0, seed)
+    return linear_separability(model.code(b_tr.x_obs, b_tr.t_obs), train.ccw,
+                               model.code(b_te.x_obs, b_te.t_obs), test.ccw)
+
+
+def pca_2d(x: Tensor, fit: tuple[Tensor, Tensor] | None = None
+           ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Project the last dim of `x` onto its first two principal axes (or `fit`'s).
+
+    Returns the projection and `fit` = (mean, axes), to project other points
+    (a walk, say) into the same plane.
+    """
+    if fit is None:
+        flat = x.reshape(-1, x.shape[-1]).double()
+        mean = flat.mean(0)
+        fit = (mean, torch.linalg.svd(flat - mean, full_matrices=False).Vh[:2].T)
+    mean, axes = fit
+    return ((x.double() - mean) @ axes).float(), fit
+
+
+COLORS = {"Latent ODE": "C3", "RNN": "C0", "trivial": "0.5"}
+
+
+def plot_window(ax, b: Batch, j: int, preds: dict | None = None, horizon: int = 100,
+                cmap: str = "viridis", title: str | None = None):
+    """One window: the noise-free truth, the observed points coloured by time, predictions.
+
+    Predictions are solid over the observed span and dashed over the `horizon`
+    points after the last observation. Returns the scatter (for a colour bar).
+    """
+    last = int(b.idx[-1, j])
+    end = min(last + horizon + 1, b.t_grid.shape[0])
+    truth = b.x_true[:end, j].cpu()
+    ax.plot(*truth.T.numpy(), color="0.6", lw=1.2, label="truth")
+    sc = ax.scatter(*b.x_obs[:, j].cpu().T.numpy(), c=b.t_obs[:, j, 0].cpu().numpy(), cmap=cmap,
+                    s=9, zorder=3, label=f"{b.x_obs.shape[0]} observed")
+    for name, p in (preds or {}).items():
+        p = p[:, j].cpu()
+        ax.plot(*p[:last + 1].T.numpy(), color=COLORS.get(name, "k"), lw=1.5, label=name)
+        ax.plot(*p[last:end].T.numpy(), color=COLORS.get(name, "k"), lw=1.5, ls="--")
+    ax.set(xlabel="$x_1$", ylabel="$x_2$")
+    ax.set_aspect("equal", adjustable="datalim")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return sc
 
 
 # ---------------------------------------------------------------------------
 # 7. Checkpoints
 # ---------------------------------------------------------------------------
-def checkpoint_path(budget: str) -> Path:
-    """`data/checkpoints/spirals-<budget>.pt`: notebook 03 writes it, 04 reads it."""
-    return output_dir("checkpoints") / f"spirals-{budget}.pt"
+def checkpoint_path(budget: str, dataset: str = "paper") -> Path:
+    """`data/checkpoints/spirals-<dataset>-<budget>.pt`: notebook 03 writes it, 04 reads it."""
+    return output_dir("checkpoints") / f"spirals-{dataset}-{budget}.pt"
 
 
-def save_checkpoint(path: Path, vae: ODEVAE, rnn: RNNBaseline | None, data_cfg: SpiralConfig,
-                    train_cfg: TrainConfig, extra: dict | None = None) -> Path:
-    """The models' weights and settings, the data settings, and anything in `extra`."""
+def save_checkpoint(path: Path, models: dict, mcfg: ModelConfig,
+                    data_cfg: PaperSpiralConfig | SpiralConfig, train_cfg: TrainConfig,
+                    extra: dict | None = None) -> Path:
+    """The models' weights and every setting needed to rebuild them and their data."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"vae": vae.state_dict(), "vae_hparams": vae.hparams,
-            "rnn": None if rnn is None else rnn.state_dict(),
-            "rnn_hparams": None if rnn is None else rnn.hparams,
-            "data_config": asdict(data_cfg), "train_config": asdict(train_cfg),
-            "extra": extra or {}}
-    torch.save(blob, path)
+    torch.save({"models": {name: m.state_dict() for name, m in models.items()},
+                "model_config": asdict(mcfg), "data_kind": type(data_cfg).__name__,
+                "data_config": asdict(data_cfg), "train_config": asdict(train_cfg),
+                "extra": extra or {}}, path)
     return path
 
 
 def load_checkpoint(path: Path, device=None) -> dict:
-    """Rebuild what `save_checkpoint` wrote.
-
-    Returns {"vae", "rnn", "data_config", "train_config", "extra"}, the models
-    on `device` (default: CUDA when present) and in eval mode.
-    """
+    """Rebuild what `save_checkpoint` wrote: models (eval mode, on `device`) and settings."""
     device = device or get_device()
     blob = torch.load(Path(path), map_location=device, weights_only=False)
-    vae = ODEVAE(**blob["vae_hparams"]).to(device)
-    vae.load_state_dict(blob["vae"])
-    vae.eval()
-    rnn = None
-    if blob["rnn"] is not None:
-        rnn = RNNBaseline(**blob["rnn_hparams"]).to(device)
-        rnn.load_state_dict(blob["rnn"])
-        rnn.eval()
-    return {"vae": vae, "rnn": rnn, "data_config": SpiralConfig(**blob["data_config"]),
+    mcfg = ModelConfig(**blob["model_config"])
+    models = {}
+    for name, state in blob["models"].items():
+        models[name] = MODELS[name](mcfg).to(device)
+        models[name].load_state_dict(state)
+        models[name].eval()
+    kind = {"PaperSpiralConfig": PaperSpiralConfig, "SpiralConfig": SpiralConfig}
+    return {"models": models, "model_config": mcfg,
+            "data_config": kind[blob["data_kind"]](**blob["data_config"]),
             "train_config": TrainConfig(**blob["train_config"]), "extra": blob["extra"]}
 
+
+__all__ = [
+    "PAPER_TABLE2", "PaperSpiralConfig", "SpiralConfig", "SpiralData", "paper_spiral_curves",
+    "make_paper_spirals", "true_trajectory", "make_spirals", "make_data", "load_spirals",
+    "angular_momentum", "Batch", "gather_time", "observed_positions", "observe", "sample_batch",
+    "heldout_batch", "span_mask", "extrapolation_positions", "time_gaps", "RNNEncoder",
+    "LatentODEF", "ModelConfig", "ODEVAE", "RNNBaseline", "MODELS", "n_parameters",
+    "gaussian_nll", "elbo_loss", "TrainConfig", "train_config", "train_model",
+    "ablation_settings", "new_model", "train_new", "submit", "run_parallel", "rmse",
+    "trivial_predict", "score", "evaluate", "linear_separability", "direction_separability",
+    "pca_2d", "COLORS", "plot_window", "checkpoint_path", "save_checkpoint", "load_checkpoint",
+]

@@ -1,4 +1,4 @@
-"""spirals: the data generator, batches, models, losses, training and checkpoints (fast)."""
+"""spirals: both generators, the protocol's positions, the models, training, checkpoints (fast)."""
 
 import math
 
@@ -9,6 +9,19 @@ import spirals as S
 from odecore import LinearODEF, odeint
 
 SMALL = S.SpiralConfig(n_spirals=40, n_test=10, n_points=60, t_max=6.0, seed=3)
+PAPER_SMALL = S.PaperSpiralConfig(n_windows=60, n_test=20, n_total=120, window=30, horizon=20,
+                                  seed=5)
+TINY = S.ModelConfig(rnn_hidden=8, latent_dim=3, ode_hidden=8, dec_hidden=8, method="euler",
+                     h_max=0.2)
+
+
+@pytest.fixture
+def one_thread():
+    # The spiral models are tiny: on a busy 2-core machine a second thread only waits.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -16,36 +29,84 @@ def small():
     return S.make_spirals(SMALL)
 
 
+@pytest.fixture(scope="module")
+def paper_small():
+    return S.make_paper_spirals(PAPER_SMALL)
+
+
 # --------------------------------------------------------------------------
-# Data
+# The paper's spirals
 # --------------------------------------------------------------------------
-def test_directions_are_balanced_and_labelled(small):
+def test_paper_curves_are_the_papers_archimedean_spirals():
+    cfg = S.PaperSpiralConfig()
+    (cw, cc), t = S.paper_spiral_curves(cfg)
+    assert cw.shape == cc.shape == (500, 2) and math.isclose(float(t[-1]), 6 * math.pi)
+    # counter-clockwise: r = b t about (+5, 0); clockwise: r = 50 b / (6 pi + 1 - t) about (-5, 0)
+    assert torch.allclose((cc - torch.tensor([5.0, 0.0], dtype=cc.dtype)).norm(dim=1), 0.3 * t)
+    r_cw = 0.3 * 50 / (6 * math.pi + 1 - t)
+    assert torch.allclose((cw + torch.tensor([5.0, 0.0], dtype=cw.dtype)).norm(dim=1), r_cw)
+    L = S.angular_momentum(torch.stack([cw, cc], 1), t)
+    assert float(L[0]) < 0 < float(L[1])
+
+
+def test_paper_windows_shape_balance_noise_and_split():
+    cfg = S.PaperSpiralConfig()
+    train, test = S.make_paper_spirals(cfg)
+    assert (len(train), len(test)) == (800, 200)
+    assert train.x.shape == (100, 800, 2) and test.x.shape == (200, 200, 2)
+    assert test.t.shape == (200,) and float(train.t[0]) == 0.0 and train.train_points == 100
+    # directions: each with probability 1/2 (binomial: 1000 draws, within 4 sd of 500)
+    n_ccw = int(train.ccw.sum()) + int(test.ccw.sum())
+    assert abs(n_ccw - 500) < 4 * math.sqrt(250)
+    assert 0 < int(test.ccw.sum()) < 200
+    noise = torch.cat([(train.x - train.x_true).flatten(), (test.x - test.x_true).flatten()])
+    assert abs(float(noise.std()) - 0.3) < 0.005 and abs(float(noise.mean())) < 0.005
+    # room on both sides: 100 points before each window; training windows end anywhere up to
+    # the last point, held-out ones leave 100 more points to extrapolate to
+    assert int(train.start.min()) >= 100 and 490 < int(train.start.max()) + 100 <= 500
+    assert int(test.start.min()) >= 100 and int(test.start.max()) + 200 <= 500
+    assert len(set(train.start.tolist())) > 250
+    # every window is a stretch of its spiral
+    curves, _ = S.paper_spiral_curves(cfg)
+    j = 7
+    ref = curves[int(test.ccw[j]), int(test.start[j]):int(test.start[j]) + 200].float()
+    assert torch.allclose(test.x_true[:, j], ref, atol=1e-5)
+    # the labelled direction is the turning of the noise-free window
+    L = S.angular_momentum(test.x_true, test.t)
+    assert bool(((L > 0) == test.ccw).all())
+
+
+def test_cache_is_keyed_by_kind_and_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "output_dir", lambda *p: tmp_path.joinpath(*p))
+    (tmp_path / "cache").mkdir()
+    other = S.SpiralConfig(**{**SMALL.__dict__, "seed": 4})
+    assert len({SMALL.key(), other.key(), PAPER_SMALL.key()}) == 3
+    a, _ = S.load_spirals(SMALL)
+    assert (tmp_path / "cache" / f"spirals-{SMALL.key()}.pt").exists()
+    b, _ = S.load_spirals(SMALL)
+    assert torch.equal(a.x, b.x) and torch.equal(a.W, b.W)
+    c, _ = S.load_spirals(other)
+    assert not torch.equal(a.x, c.x)
+    p1, q1 = S.load_spirals(PAPER_SMALL)
+    p2, q2 = S.load_spirals(PAPER_SMALL)
+    assert torch.equal(p1.x, p2.x) and torch.equal(q1.start, q2.start) and p2.W is None
+
+
+# --------------------------------------------------------------------------
+# The post's spirals
+# --------------------------------------------------------------------------
+def test_post_directions_are_balanced_and_labelled(small):
     train, test = small
     for part, n in ((train, 30), (test, 10)):
         assert len(part) == n and int(part.ccw.sum()) == n // 2
-        # swapped off-diagonal signs: W12 < 0 < W21 exactly for the CCW ones
         assert bool(((part.W[:, 0, 1] < 0) == part.ccw).all())
-        assert bool(((part.W[:, 1, 0] > 0) == part.ccw).all())
-        # the mean angular momentum x1 dx2/dt - x2 dx1/dt has the label's sign
-        # wherever W has complex eigenvalues (a genuine spiral, not a node)
         W = part.W.double()
         spiral = (W[:, 0, 0] - W[:, 1, 1]) ** 2 + 4 * W[:, 0, 1] * W[:, 1, 0] < 0
         L = S.angular_momentum(part.x_true, part.t)
         assert bool(((L > 0) == part.ccw)[spiral].all())
-        assert spiral.float().mean() > 0.8
 
 
-def test_full_size_generator_is_exactly_half_and_half():
-    train, test = S.make_spirals(S.SpiralConfig())
-    assert (len(train), len(test)) == (800, 200)
-    assert int(train.ccw.sum()) == 400 and int(test.ccw.sum()) == 100
-    assert train.x.shape == (200, 800, 2) and test.t.shape == (200,)
-    assert math.isclose(float(test.t[-1]), 6.29 * 5, rel_tol=1e-6)
-    noise = (train.x - train.x_true).std()
-    assert abs(float(noise) - 0.02) < 1e-3
-
-
-def test_closed_form_matches_an_ode_solve(small):
+def test_post_closed_form_matches_an_ode_solve(small):
     train, _ = small
     for i in (0, 1):  # one CW, one CCW
         f = LinearODEF(train.W[i].double())
@@ -53,169 +114,189 @@ def test_closed_form_matches_an_ode_solve(small):
         assert torch.allclose(xs[:, 0].float(), train.x_true[:, i], atol=1e-4)
 
 
-def test_cache_is_keyed_by_settings(tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "output_dir", lambda *p: tmp_path.joinpath(*p))
-    (tmp_path / "cache").mkdir()
-    other = S.SpiralConfig(**{**SMALL.__dict__, "seed": 4})
-    assert SMALL.key() != other.key()
-    a, _ = S.load_spirals(SMALL)
-    assert (tmp_path / "cache" / f"spirals-{SMALL.key()}.pt").exists()
-    b, _ = S.load_spirals(SMALL)
-    assert torch.equal(a.x, b.x)
-    c, _ = S.load_spirals(other)
-    assert not torch.equal(a.x, c.x)
+def test_bad_settings_are_errors():
+    with pytest.raises(ValueError, match="n_total"):
+        S.make_paper_spirals(S.PaperSpiralConfig(n_total=250))
+    with pytest.raises(ValueError, match="even"):
+        S.make_spirals(S.SpiralConfig(n_spirals=11))
+    with pytest.raises(TypeError, match="spiral"):
+        S.make_data({"n": 3})
+    with pytest.raises(ValueError, match="budget"):
+        S.train_config("huge")
+    with pytest.raises(ValueError, match="dataset"):
+        S.train_config("quick", "mnist")
 
 
 # --------------------------------------------------------------------------
-# Batches
+# The protocol: which points are observed, which are scored
 # --------------------------------------------------------------------------
-def test_observed_positions_keep_the_first_and_are_sorted():
+def test_observed_positions_keep_the_first_are_sorted_and_distinct():
     g = torch.Generator().manual_seed(0)
     idx = S.observed_positions(30, 100, 64, g)
-    assert idx.shape == (30, 64)
-    assert bool((idx[0] == 0).all())
+    assert idx.shape == (30, 64) and bool((idx[0] == 0).all())
     assert bool((idx[1:] > idx[:-1]).all()) and int(idx.max()) < 100
-    # different samples see different points
     assert not bool((idx == idx[:, :1]).all())
+    every = S.observed_positions(100, 100, 3, g)
+    assert torch.equal(every, torch.arange(100)[:, None].expand(100, 3))
+    with pytest.raises(ValueError, match="observe"):
+        S.observed_positions(101, 100, 2)
 
 
-def test_batch_shapes_and_per_sample_windows(small):
-    train, _ = small
+def test_training_batches_stay_inside_the_training_points(paper_small, small):
+    train, _ = paper_small
     g = torch.Generator().manual_seed(1)
-    b = S.sample_batch(train, 8, 5, window=20, g=g)
-    assert b.t_win.shape == (20, 8, 1) and b.x_win.shape == (20, 8, 2)
-    assert b.x_obs.shape == (5, 8, 2) and b.t_obs.shape == (5, 8, 1)
-    assert torch.equal(b.t_obs, S.gather_time(b.t_win, b.idx))
-    assert torch.equal(b.t_obs[0], b.t_win[0])
-    assert len(set(b.t_win[0, :, 0].tolist())) > 1  # windows start at different times
+    b = S.sample_batch(train, 16, 7, window=30, g=g)
+    assert b.t_grid.shape == (30, 16, 1) and b.x_obs.shape == (7, 16, 2)
+    assert train.x.shape[0] == 30 and torch.equal(b.x_grid, train.x[:, b.sample])
+    post_train, _ = small
+    b = S.sample_batch(post_train, 16, 5, window=20, g=g)
+    assert torch.equal(b.t_obs, S.gather_time(b.t_grid, b.idx))
+    assert len(set(b.t_grid[0, :, 0].tolist())) > 1  # the post's: windows start anywhere
+
+
+def test_scored_positions_interpolation_and_extrapolation():
+    data = S.SpiralData(t=torch.arange(12.0), x=torch.randn(12, 2, 2), x_true=torch.zeros(12, 2, 2),
+                        ccw=torch.tensor([False, True]), train_points=6, noise_std=0.1)
+    b = S.heldout_batch(data, k=3, window=6, horizon=5, seed=0)
+    assert b.t_grid.shape == (11, 2, 1)
+    last = b.idx[-1]
+    mask = S.span_mask(b)
+    for j in range(2):
+        assert mask[:, j].tolist() == [i <= int(last[j]) for i in range(11)]
+    ext = S.extrapolation_positions(b, 5)
+    assert torch.equal(ext, last[None] + torch.arange(1, 6)[:, None])
+    # the scores read exactly those positions: an error placed elsewhere does not count
+    pred = torch.zeros(11, 2, 2)
+    pred[ext, torch.arange(2)[None]] = 1.0
+    s = S.score(pred, b, horizon=5)
+    assert s["interpolation"] == 0.0 and s["extrapolation"] == pytest.approx(1.0)
+    full = S.heldout_batch(data, k=6, window=6, horizon=5)  # the last observed is position 5
+    assert S.extrapolation_positions(full, 5)[-1].tolist() == [10, 10]
+    with pytest.raises(ValueError, match="too few"):
+        S.extrapolation_positions(full, 6)
+    with pytest.raises(ValueError, match="runs past"):
+        S.heldout_batch(data, k=3, window=6, horizon=7)
+
+
+def test_trivial_predictor_is_the_mean_of_the_observed_points(paper_small):
+    _, test = paper_small
+    b = S.heldout_batch(test, 9, 30, 20)
+    p = S.trivial_predict(b)
+    assert p.shape == (50, 20, 2) and torch.allclose(p[33], b.x_obs.mean(0))
 
 
 def test_encoder_gaps_are_negative_and_paired_with_their_observation():
     t = torch.tensor([0.0, 0.5, 1.5, 1.7]).reshape(4, 1, 1)
-    gaps = S.time_gaps(t)
-    assert gaps.flatten().tolist() == pytest.approx([0.0, -0.5, -1.0, -0.2])
-
-
-def test_the_sign_of_the_gap_is_a_convention_for_a_gru(monkeypatch):
-    enc = S.RNNEncoder(2, 16, 3)
-    x, t = torch.randn(7, 4, 2), torch.cumsum(torch.rand(7, 4, 1), 0)
-    mean, logv = enc(x, t)
-    with torch.no_grad():
-        enc.rnn.weight_ih_l0[:, 2].neg_()  # the column that reads the gap
-    gaps = S.time_gaps
-    monkeypatch.setattr(S, "time_gaps", lambda tt: -gaps(tt))
-    mean2, logv2 = enc(x, t)
-    assert torch.allclose(mean, mean2, atol=1e-6) and torch.allclose(logv, logv2, atol=1e-6)
+    assert S.time_gaps(t).flatten().tolist() == pytest.approx([0.0, -0.5, -1.0, -0.2])
 
 
 # --------------------------------------------------------------------------
-# Models
+# Models and losses
 # --------------------------------------------------------------------------
-def test_model_shapes(small):
-    train, _ = small
-    b = S.sample_batch(train, 6, 7, window=20, g=torch.Generator().manual_seed(2))
-    vae = S.ODEVAE(hidden_dim=16, latent_dim=4, method="euler", h_max=0.2)
-    x_p, z, m, lv = vae(b.x_obs, b.t_obs, b.t_win)
-    assert x_p.shape == (20, 6, 2) and z.shape == m.shape == lv.shape == (6, 4)
-    assert vae(b.x_obs, b.t_obs)[0].shape == (7, 6, 2)
-    rnn = S.RNNBaseline(hidden_dim=16, state_dim=8)
-    assert rnn.encode(b.x_obs, b.t_obs).shape == (6, 8)
-    assert rnn(b.x_obs, b.t_obs, b.t_win).shape == (20, 6, 2)
+def test_model_shapes_and_the_same_latent_size(paper_small):
+    _, test = paper_small
+    b = S.heldout_batch(test, 7, 30, 20)
+    for kind in ("Latent ODE", "RNN"):
+        m = S.new_model(kind, TINY, seed=0, device="cpu")
+        x_p, kl = m(b.x_obs, b.t_obs, b.t_grid)
+        assert x_p.shape == (50, len(test), 2) and kl.shape == (len(test),)
+        assert m.code(b.x_obs, b.t_obs).shape == (len(test), TINY.latent_dim)
+    assert S.ModelConfig.paper().latent_dim == 4 and S.ModelConfig.paper().rnn_hidden == 25
+
+
+def test_rnn_output_at_t0_depends_on_the_code_alone():
+    m = S.new_model("RNN", TINY, 0, "cpu")
+    code, t = torch.randn(4, 3), torch.linspace(0, 1, 6)[:, None, None].expand(6, 4, 1)
+    a = m.decode(code, t)
+    b = m.decode(code, t * 2)  # other gaps change later outputs, not the first
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1:], b[1:])
 
 
 def test_per_sample_grids_decode_like_one_sample_at_a_time():
-    # h_max 0.25 over intervals of 0.2: one step each, away from the rounding boundary
-    # (in float32, 4.0 + 0.2 - 4.0 is 0.2000003, which h_max = 0.2 would split in two)
-    dec = S.NeuralODEDecoder(2, 16, 4, method="euler", h_max=0.25)
-    z0 = torch.randn(3, 4)
+    vae = S.new_model("Latent ODE", S.ModelConfig(method="euler", h_max=0.25), 0, "cpu")
+    z0 = torch.randn(3, S.ModelConfig().latent_dim)
     base = torch.linspace(0, 2, 11)
-    t = torch.stack([base + s for s in (0.0, 1.3, 4.0)], 1).unsqueeze(-1)  # (11, 3, 1)
-    together = dec(z0, t)
+    t = torch.stack([base + s for s in (0.0, 1.3, 4.0)], 1).unsqueeze(-1)
+    together = vae.decode(z0, t)
     for i in range(3):
-        alone = dec(z0[i:i + 1], t[:, i, 0])  # a shared (T,) grid for one sample
-        assert torch.allclose(together[:, i], alone[:, 0], atol=1e-5)
+        assert torch.allclose(together[:, i], vae.decode(z0[i:i + 1], t[:, i, 0])[:, 0], atol=1e-5)
 
 
-def test_elbo_is_the_posts(small):
+def test_elbo_is_the_gaussian_likelihood_plus_the_kl():
     x, x_p = torch.zeros(5, 2, 2), torch.full((5, 2, 2), 0.1)
-    m, lv = torch.zeros(2, 3), torch.zeros(2, 3)
-    # KL of N(0, I) against itself is 0; 0.5 * 5 * 2 * 0.01 / 0.02^2 = 125, over 5 points
-    assert float(S.elbo_loss(x, x_p, m, lv, 0.02)) == pytest.approx(25.0)
-    m1 = torch.ones(2, 3)
-    assert float(S.elbo_loss(x, x, m1, lv, 0.02)) == pytest.approx(0.5 * 3 / 5)
+    # 0.5 * 5 * 2 * 0.01 / 0.02^2 = 125 per sample, over 5 points
+    assert float(S.elbo_loss(x, x_p, torch.zeros(2), 0.02)) == pytest.approx(25.0)
+    assert float(S.elbo_loss(x, x, torch.full((2,), 1.5), 0.02, kl_weight=0.5)) == pytest.approx(
+        0.75 / 5)
+    vae = S.new_model("Latent ODE", TINY, 0, "cpu")
+    m, lv = torch.ones(2, 3), torch.zeros(2, 3)
+    vae.encode = lambda x, t: (m, lv)
+    t = torch.linspace(0, 1, 4)[:, None, None].expand(4, 2, 1)
+    _, kl = vae(torch.zeros(4, 2, 2), t, t, sample=False)
+    assert kl.tolist() == pytest.approx([1.5, 1.5])  # KL(N(1, 1) || N(0, 1)) = 1/2 a dim
 
 
 # --------------------------------------------------------------------------
 # Training, evaluation, checkpoints
 # --------------------------------------------------------------------------
-def test_training_lowers_the_loss(small):
-    train, _ = small
-    torch.manual_seed(0)
-    cfg = S.TrainConfig(vae_iters=25, rnn_iters=25, batch_size=16, window=20, n_obs=(5, 10),
-                        lr=1e-2, rnn_lr=1e-2)
-    vae = S.ODEVAE(hidden_dim=32, latent_dim=4, method="euler", h_max=0.2)
-    hist = S.train_vae(vae, train, cfg)
-    assert sum(hist["loss"][-5:]) < 0.5 * sum(hist["loss"][:5])
-    rnn = S.RNNBaseline(hidden_dim=32, state_dim=16)
-    hist = S.train_rnn(rnn, train, cfg)
-    assert sum(hist["loss"][-5:]) < 0.7 * sum(hist["loss"][:5])
+def test_both_models_train_on_the_same_batches_and_learn(paper_small, one_thread):
+    train, _ = paper_small
+    cfg = S.TrainConfig(iters=20, batch_size=16, window=30, n_obs=(7, 15), lr=2e-2, kl_warmup=5)
+    hists = {}
+    for kind in ("Latent ODE", "RNN"):
+        _, hists[kind] = S.train_new(kind, TINY, train, cfg, seed=0, device="cpu")
+        h = hists[kind]["loss"]
+        assert sum(h[-5:]) < 0.7 * sum(h[:5]), (kind, h[:5], h[-5:])
+    assert hists["Latent ODE"]["k"] == hists["RNN"]["k"]
 
 
-def test_rnn_trained_on_another_core_equals_one_trained_here(small, monkeypatch):
-    # The forked worker must give the very model a synchronous run gives, whatever the
-    # caller's random state: the RNN's weights and batches come from its own seeds.
-    train, _ = small
-    cfg = S.TrainConfig(rnn_iters=4, batch_size=8, window=20, n_obs=(5,))
+def test_parallel_jobs_equal_jobs_run_in_turn(paper_small, monkeypatch, one_thread):
+    train, _ = paper_small
+    cfg = S.TrainConfig(iters=3, batch_size=8, window=30, n_obs=(5,))
+    jobs = [(kind, TINY, train, cfg, 7, "cpu") for kind in ("Latent ODE", "RNN")]
     torch.manual_seed(123)
-    rnn_a, hist_a = S.train_rnn_async(train, cfg, seed=7, device="cpu").result()
-    monkeypatch.setattr(S.os, "cpu_count", lambda: 1)  # forces the in-process path
+    forked = S.run_parallel(S.train_new, jobs, workers=2)
+    one = S.submit(S.train_new, *jobs[1]).result()
+    monkeypatch.setattr(S.os, "cpu_count", lambda: 1)
     torch.manual_seed(456)
-    future = S.train_rnn_async(train, cfg, seed=7, device="cpu")
-    assert isinstance(future, S._Done)
-    rnn_b, hist_b = future.result()
-    assert hist_a["loss"] == hist_b["loss"]
-    for (name, a), b in zip(rnn_a.state_dict().items(), rnn_b.state_dict().values()):
-        assert torch.equal(a, b), name
+    in_turn = S.run_parallel(S.train_new, jobs)
+    assert isinstance(S.submit(S.train_new, *jobs[1]), S._Done)
+    for (ma, ha), (mb, hb) in zip(forked, in_turn):
+        assert ha["loss"] == hb["loss"]
+        for (name, a), b in zip(ma.state_dict().items(), mb.state_dict().values()):
+            assert torch.equal(a, b), name
+    assert one[1]["loss"] == in_turn[1][1]["loss"]
 
 
-def test_table2_and_extrapolation_are_complete(small):
-    _, test = small
-    vae = S.ODEVAE(hidden_dim=16, latent_dim=4, method="euler", h_max=0.2)
-    rnn = S.RNNBaseline(hidden_dim=16, state_dim=8)
-    res = S.evaluate_table2(vae, rnn, test, n_obs=(20, 10, 6), window=20)["rmse"]
-    assert list(res) == [20, 10, 6]
+def test_evaluate_is_complete_and_separability_counts(paper_small):
+    train, test = paper_small
+    models = {k: S.new_model(k, TINY, 0, "cpu") for k in ("Latent ODE", "RNN")}
+    res = S.evaluate(models, test, ks=(30, 10, 6), window=30, horizon=20)["rmse"]
+    assert list(res) == [30, 10, 6]
     for row in res.values():
         assert set(row) == {"trivial", "Latent ODE", "RNN"}
-        assert all(math.isfinite(v) and v > 0 for v in row.values())
-    ext = S.evaluate_extrapolation(vae, rnn, test, k=10, window=20)["rmse"]
-    assert set(ext) == {"Latent ODE", "RNN", "trivial"}
-    assert all(set(v) == {"window", "extrapolation"} for v in ext.values())
+        assert all(set(v) == {"interpolation", "extrapolation"} and
+                   all(math.isfinite(s) and s > 0 for s in v.values()) for v in row.values())
+    z = torch.randn(200, 3)
+    y = z[:, 1] > 0
+    z[:, 1] += torch.where(y, 0.5, -0.5)  # a margin: a linear rule separates them exactly
+    assert S.linear_separability(z[:100], y[:100], z[100:], y[100:]) == 1.0
+    assert S.linear_separability(z[:100], y[:100], z[100:], ~y[100:]) == 0.0
+    acc = S.direction_separability(models["RNN"], train, test, k=10, window=30)
+    assert 0.0 <= acc <= 1.0
 
 
-def test_trivial_predictor_is_the_window_mean():
-    x = torch.randn(10, 3, 2)
-    p = S.trivial_predict(x, 25)
-    assert p.shape == (25, 3, 2) and torch.allclose(p[7], x.mean(0))
-
-
-def test_checkpoint_round_trip(tmp_path, small):
-    _, test = small
-    vae = S.ODEVAE(hidden_dim=16, latent_dim=4, method="euler", h_max=0.2)
-    rnn = S.RNNBaseline(hidden_dim=16, state_dim=8)
-    path = S.save_checkpoint(tmp_path / "c.pt", vae, rnn, SMALL, S.train_config("smoke"),
-                             extra={"table2": {30: 0.5}})
+def test_checkpoint_round_trip(tmp_path, paper_small):
+    _, test = paper_small
+    models = {k: S.new_model(k, TINY, 1, "cpu") for k in ("Latent ODE", "RNN")}
+    cfg = S.train_config("smoke")
+    path = S.save_checkpoint(tmp_path / "c.pt", models, TINY, PAPER_SMALL, cfg,
+                             extra={"rmse": {30: 0.5}})
     ck = S.load_checkpoint(path, device="cpu")
-    assert ck["data_config"] == SMALL and ck["train_config"] == S.train_config("smoke")
-    assert ck["extra"]["table2"] == {30: 0.5}
-    b = S.observe(test, torch.arange(4), torch.zeros(4, dtype=torch.long), 6, 20,
-                  torch.Generator().manual_seed(0))
-    assert torch.equal(vae.generate_with_seed(b.x_obs, b.t_obs, b.t_win),
-                       ck["vae"].generate_with_seed(b.x_obs, b.t_obs, b.t_win))
-    assert torch.equal(rnn.generate_with_seed(b.x_obs, b.t_obs, b.t_win),
-                       ck["rnn"].generate_with_seed(b.x_obs, b.t_obs, b.t_win))
-    assert S.checkpoint_path("quick").name == "spirals-quick.pt"
-
-
-def test_unknown_budget_is_an_error():
-    with pytest.raises(ValueError, match="budget"):
-        S.train_config("huge")
+    assert ck["data_config"] == PAPER_SMALL and ck["train_config"] == cfg
+    assert ck["model_config"] == TINY and ck["extra"]["rmse"] == {30: 0.5}
+    b = S.heldout_batch(test, 6, 30, 20)
+    for name, m in models.items():
+        assert torch.equal(m.predict(b.x_obs, b.t_obs, b.t_grid),
+                           ck["models"][name].predict(b.x_obs, b.t_obs, b.t_grid))
+    assert S.checkpoint_path("quick", "post").name == "spirals-post-quick.pt"
