@@ -599,7 +599,7 @@ def train_config(budget: str, dataset: str = "paper") -> TrainConfig:
     if dataset not in ("paper", "post"):
         raise ValueError(f"unknown dataset {dataset!r}; use paper or post")
     n = iters[budget]
-    return TrainConfig(iters=n, kl_warmup=n // 5, frame_every=max(1, n // 20))
+    return TrainConfig(iters=n, kl_warmup=n // 5, frame_every=max(5, n // 20))
 
 
 def _cosine(optim, iters: int, final: float):
