@@ -330,7 +330,7 @@ def test_seminorm_gradients_converge_and_cost_no_more(case):
     At each tolerance the seminorm's backward NFE is at most the mixed norm's and
     its error within NORM_FACTOR of the mixed norm's; over four decades of
     tolerance each gradient's error falls at least 30 times (measured: 85 to
-    10^4 times; a z-only norm: 4.5 to 14 times).
+    2 x 10^4 times; a z-only norm: 4.5 to 14 times).
     """
     run, ref = norm_case(case)
     errs = {}
