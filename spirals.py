@@ -783,7 +783,7 @@ def evaluate(models: dict, data: SpiralData, ks: Sequence[int] = (30, 50, 100),
     observation (the paper's predictive RMSE). Returns
     {"rmse": {k: {model: {"interpolation", "extrapolation"}}}, "batches": {k: (b, preds)}}.
     """
-    dev = next(iter(models.values())).encoder.rnn.weight_ih_l0.device
+    dev = next(next(iter(models.values())).parameters()).device
     data = data.to(dev)
     out, batches = {}, {}
     for k in ks:
