@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from odecore import ODEF, NeuralODE, get_device, output_dir
+from nbutils import get_device, output_dir
+from odecore import ODEF, NeuralODE
 
 # Table 2 of Chen et al. (2018): predictive RMSE on their spirals, from k observed points.
 PAPER_TABLE2 = {"RNN": {30: 0.3937, 50: 0.3202, 100: 0.1813},

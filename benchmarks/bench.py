@@ -32,7 +32,8 @@ from torchdiffeq._impl.rk_common import rk4_step_func
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import odecore  # noqa: E402
-from odecore import NNODEF, NeuralODE, peak_memory_mb  # noqa: E402
+from nbutils import peak_memory_mb  # noqa: E402
+from odecore import NNODEF, NeuralODE  # noqa: E402
 
 
 class ClassicRK4(FixedGridODESolver):
@@ -508,7 +509,7 @@ def report(results, threads, elapsed):
         "cheap step. Memory a training step adds at its peak "
         "(MB): a fresh process per configuration, warmed up with a one-step solve, then the "
         "resident-set high-water mark reset and read around the step "
-        "(`odecore.peak_memory_mb`), with `MALLOC_MMAP_THRESHOLD_=65536` so that freed "
+        "(`nbutils.peak_memory_mb`), with `MALLOC_MMAP_THRESHOLD_=65536` so that freed "
         "blocks go back to the system and the resident set tracks live memory.",
         "",
     ]

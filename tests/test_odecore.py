@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from nbutils import get_budget, save_gif
 from odecore import (
     NNODEF,
     ODEF,
@@ -21,10 +22,8 @@ from odecore import (
     NeuralODE,
     ODEAdjoint,
     ODESolveError,
-    get_budget,
     ode_solve,
     odeint,
-    save_gif,
     tolerance_sweep,
 )
 
@@ -473,7 +472,8 @@ def test_adjoint_saves_the_same_for_10_and_1000_steps():
 PEAK_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {root!r})
-    from odecore import ODEF, NeuralODE, peak_memory_mb
+    from nbutils import peak_memory_mb
+    from odecore import ODEF, NeuralODE
     torch.set_num_threads(1)
 
     class Squash(ODEF):  # cheap per step, large state: memory shows, time does not
