@@ -346,8 +346,12 @@ def span_mask(b: Batch) -> Tensor:
     return pos <= b.idx[-1][None]
 
 
-def extrapolation_positions(b: Batch, horizon: int = 100) -> Tensor:
-    """`(horizon, b)`: the `horizon` positions after each sample's last observation."""
+def extrapolation_positions(b: Batch, horizon: int | None = None) -> Tensor:
+    """`(horizon, b)`: the `horizon` positions after each sample's last observation.
+
+    By default as many as the grid holds after the window (the protocol's 100).
+    """
+    horizon = b.t_grid.shape[0] - b.window if horizon is None else horizon
     last = b.idx[-1]
     if int(last.max()) + horizon >= b.t_grid.shape[0]:
         raise ValueError(f"the grid holds {b.t_grid.shape[0]} points, too few for "
@@ -621,14 +625,18 @@ def _progress(n: int, desc: str, enabled: bool):
 
 
 def train_model(model: nn.Module, data: SpiralData, cfg: TrainConfig,
-                callback: Callable | None = None, progress: bool = False) -> dict:
+                callback: Callable | None = None, progress: bool = False,
+                monitor: Batch | None = None) -> dict:
     """Train either model on random windows; returns the history.
 
     Each batch observes k of each window's points (k drawn from `cfg.n_obs`),
     the encoder reads those, the decoder predicts the whole window's grid,
     and the loss scores the observed points. Batches come from `cfg.seed`
     alone, so both models see the very same batches in the same order.
-    `callback(i, model)` runs every `cfg.frame_every` iterations.
+    `callback(i, model)` runs every `cfg.frame_every` iterations; so does the
+    extrapolation RMSE on the held-out `monitor` batch, when given (the
+    history's "monitor": a list of (iteration, RMSE)), to show whether a
+    longer schedule would still help.
     """
     dev = next(model.parameters()).device
     data = data.to(dev)
@@ -636,7 +644,7 @@ def train_model(model: nn.Module, data: SpiralData, cfg: TrainConfig,
     g = torch.Generator().manual_seed(cfg.seed)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = _cosine(optim, cfg.iters, cfg.lr_final)
-    hist: dict = {"loss": [], "k": [], "time": []}
+    hist: dict = {"loss": [], "k": [], "time": [], "monitor": []}
     start = time.perf_counter()
     model.train()
     for i in _progress(cfg.iters, model.kind, progress):
@@ -656,10 +664,14 @@ def train_model(model: nn.Module, data: SpiralData, cfg: TrainConfig,
         hist["loss"].append(loss.item())
         hist["k"].append(k)
         hist["time"].append(time.perf_counter() - start)
-        if callback is not None and cfg.frame_every and (i % cfg.frame_every == 0
-                                                         or i == cfg.iters - 1):
+        if cfg.frame_every and (i % cfg.frame_every == 0 or i == cfg.iters - 1):
             model.eval()
-            callback(i, model)
+            if callback is not None:
+                callback(i, model)
+            if monitor is not None:
+                with torch.no_grad():
+                    pred = model.predict(monitor.x_obs, monitor.t_obs, monitor.t_grid)
+                hist["monitor"].append((i + 1, score(pred, monitor)["extrapolation"]))
             model.train()
     model.eval()
     return hist
@@ -693,10 +705,13 @@ def new_model(kind: str, mcfg: ModelConfig, seed: int, device=None) -> nn.Module
 
 
 def train_new(kind: str, mcfg: ModelConfig, data: SpiralData, cfg: TrainConfig,
-              seed: int = 0, device=None) -> tuple[nn.Module, dict]:
+              seed: int = 0, device=None, monitor: Batch | None = None,
+              callback: Callable | None = None, progress: bool = False
+              ) -> tuple[nn.Module, dict]:
     """`new_model` then `train_model`: one job for `run_parallel`."""
     model = new_model(kind, mcfg, seed, device)
-    return model, train_model(model, data, cfg)
+    hist = train_model(model, data, cfg, callback=callback, progress=progress, monitor=monitor)
+    return model, hist
 
 
 class _Done:
@@ -765,7 +780,37 @@ def trivial_predict(b: Batch) -> Tensor:
     return b.x_obs.mean(0, keepdim=True).expand(b.t_grid.shape[0], -1, -1)
 
 
-def score(pred: Tensor, b: Batch, horizon: int = 100) -> dict:
+def origin_predict(b: Batch) -> Tensor:
+    """Predict the origin everywhere: where the post's decaying spirals end up."""
+    return torch.zeros_like(b.x_true)
+
+
+def linear_fit_predict(b: Batch) -> Tensor:
+    """A reference that knows the post's spirals are linear: fit dx/dt = W x, then solve.
+
+    W is a least-squares fit of the finite differences between consecutive
+    observations, (x_{i+1} - x_i) / (t_{i+1} - t_i) = W (x_i + x_{i+1}) / 2, per
+    window; the prediction is expm(W (t - t_0)) x_0 from the first observation.
+    Coarse differences (few observations, fast turning) can make a fit grow;
+    such a W is shifted by -max(Re eig) I to neutral stability, because the
+    reference also knows that the spirals do not grow.
+    """
+    x, t = b.x_obs.double(), b.t_obs.double()
+    dx = (x[1:] - x[:-1]) / (t[1:] - t[:-1])
+    mid = (x[1:] + x[:-1]) / 2
+    W = torch.linalg.lstsq(mid.transpose(0, 1), dx.transpose(0, 1)).solution.transpose(1, 2)
+    growth = torch.linalg.eigvals(W).real.max(-1).values.clamp(min=0)
+    W = W - growth[:, None, None] * torch.eye(2, dtype=W.dtype, device=W.device)
+    tau = (b.t_grid.double() - t[:1]).reshape(b.t_grid.shape[0], -1, 1, 1)
+    E = torch.linalg.matrix_exp(W[None] * tau)
+    return torch.einsum("gnij,nj->gni", E, x[0]).to(b.x_true.dtype)
+
+
+REFERENCES = {"trivial": trivial_predict, "origin": origin_predict,
+              "linear fit": linear_fit_predict}
+
+
+def score(pred: Tensor, b: Batch, horizon: int | None = None) -> dict:
     """Interpolation (inside the observed span) and extrapolation (next `horizon`) RMSE."""
     ext = extrapolation_positions(b, horizon)
     return {"interpolation": rmse(pred, b.x_true, span_mask(b)),
@@ -774,7 +819,8 @@ def score(pred: Tensor, b: Batch, horizon: int = 100) -> dict:
 
 @torch.no_grad()
 def evaluate(models: dict, data: SpiralData, ks: Sequence[int] = (30, 50, 100),
-             window: int = 100, horizon: int = 100, seed: int = 1234) -> dict:
+             window: int = 100, horizon: int = 100, seed: int = 1234,
+             references: Sequence[str] = ("trivial",)) -> dict:
     """The paper's protocol on held-out samples, for each k and model (and the trivial one).
 
     Observe k of each sample's first `window` points (irregularly, always the
@@ -783,6 +829,7 @@ def evaluate(models: dict, data: SpiralData, ks: Sequence[int] = (30, 50, 100),
     last observation; "extrapolation", the `horizon` points after the last
     observation (the paper's predictive RMSE). Returns
     {"rmse": {k: {model: {"interpolation", "extrapolation"}}}, "batches": {k: (b, preds)}}.
+    `references` names predictors from `REFERENCES` scored beside the models.
     """
     dev = next(next(iter(models.values())).parameters()).device
     data = data.to(dev)
@@ -790,7 +837,7 @@ def evaluate(models: dict, data: SpiralData, ks: Sequence[int] = (30, 50, 100),
     for k in ks:
         b = heldout_batch(data, k, window, horizon, seed)
         preds = {name: m.predict(b.x_obs, b.t_obs, b.t_grid) for name, m in models.items()}
-        preds["trivial"] = trivial_predict(b)
+        preds.update({name: REFERENCES[name](b) for name in references})
         out[k] = {name: score(p, b, horizon) for name, p in preds.items()}
         batches[k] = (b, preds)
     return {"rmse": out, "batches": batches}
@@ -808,6 +855,13 @@ def linear_separability(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test
     w = torch.linalg.lstsq(A(z_train), target).solution
     pred = (A(z_test) @ w)[:, 0] > 0
     return float((pred.cpu() == y_test.cpu().bool()).double().mean())
+
+
+def horizon_rmse(pred: Tensor, b: Batch, horizon: int | None = None) -> Tensor:
+    """RMSE at each of the `horizon` steps after the last observation, over windows `(horizon,)`."""
+    ext = extrapolation_positions(b, horizon)
+    sq = ((gather_time(pred, ext) - gather_time(b.x_true, ext)) ** 2).mean(-1)
+    return sq.mean(1).sqrt()
 
 
 @torch.no_grad()
@@ -914,6 +968,7 @@ __all__ = [
     "LatentODEF", "ModelConfig", "ODEVAE", "RNNBaseline", "MODELS", "n_parameters",
     "gaussian_nll", "elbo_loss", "TrainConfig", "train_config", "train_model",
     "ablation_settings", "new_model", "train_new", "submit", "run_parallel", "rmse",
-    "trivial_predict", "score", "evaluate", "linear_separability", "direction_separability",
+    "trivial_predict", "origin_predict", "linear_fit_predict", "REFERENCES", "horizon_rmse",
+    "score", "evaluate", "linear_separability", "direction_separability",
     "pca_2d", "COLORS", "plot_window", "checkpoint_path", "save_checkpoint", "load_checkpoint",
 ]

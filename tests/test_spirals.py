@@ -300,3 +300,41 @@ def test_checkpoint_round_trip(tmp_path, paper_small):
         assert torch.equal(m.predict(b.x_obs, b.t_obs, b.t_grid),
                            ck["models"][name].predict(b.x_obs, b.t_obs, b.t_grid))
     assert S.checkpoint_path("quick", "post").name == "spirals-post-quick.pt"
+
+
+def test_references_origin_and_linear_fit(small):
+    _, test = small
+    b = S.heldout_batch(test, 30, 30, 20)
+    assert torch.equal(S.origin_predict(b), torch.zeros_like(b.x_true))
+    # noise-free observations of dx/dt = W x: the fit recovers the spiral to discretisation error
+    exact = S.Batch(b.t_grid, b.idx, S.gather_time(b.x_true, b.idx), b.t_obs, b.x_true,
+                    b.x_true, b.sample, b.window)
+    fit = S.score(S.linear_fit_predict(exact), exact)
+    origin = S.score(S.origin_predict(exact), exact)
+    assert fit["interpolation"] < 0.05 * origin["interpolation"], (fit, origin)
+    assert fit["extrapolation"] < 0.05 * origin["extrapolation"], (fit, origin)
+    # a fit that would grow is held at neutral stability: never above the data's scale
+    noisy = S.linear_fit_predict(S.heldout_batch(test, 4, 30, 20))
+    assert torch.isfinite(noisy).all() and noisy.abs().max() < 10 * b.x_true.abs().max()
+
+
+def test_horizon_rmse_averages_to_the_extrapolation_score(paper_small):
+    _, test = paper_small
+    b = S.heldout_batch(test, 10, 30, 20)
+    pred = S.trivial_predict(b)
+    curve = S.horizon_rmse(pred, b, 20)
+    assert curve.shape == (20,)
+    assert math.isclose(float(curve.pow(2).mean().sqrt()), S.score(pred, b, 20)["extrapolation"],
+                        rel_tol=1e-5)
+
+
+def test_training_monitor_scores_the_heldout_batch(paper_small, one_thread):
+    train, test = paper_small
+    b = S.heldout_batch(test, 10, 30, 20)
+    cfg = S.TrainConfig(iters=7, batch_size=8, window=30, n_obs=(5,), frame_every=3)
+    model, h = S.train_new("Latent ODE", TINY, train, cfg, 0, "cpu", b)
+    assert [i for i, _ in h["monitor"]] == [1, 4, 7]
+    assert math.isclose(h["monitor"][-1][1], S.score(model.predict(
+        b.x_obs, b.t_obs, b.t_grid), b, 20)["extrapolation"], rel_tol=1e-6)
+    _, h2 = S.train_new("Latent ODE", TINY, train, cfg, 0, "cpu")  # the monitor changes nothing
+    assert h2["loss"] == h["loss"] and h2["monitor"] == []
