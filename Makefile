@@ -1,6 +1,6 @@
 # make run  : execute every notebook in order, in place (NODE_BUDGET, default quick)
 # make test : ruff, unit tests and the notebooks under nbval (NODE_BUDGET=smoke)
-# make lab  : JupyterLab on notebooks/ with the project's kernel
+# make lab  : JupyterLab on the repository, opened on notebooks/, with the project's kernel
 # make bench: odecore against torchdiffeq (benchmarks/results.md)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -40,11 +40,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	NODE_BUDGET=smoke $(PY) scripts/pytest_strict.py tests notebooks --nbval-lax \
+	NODE_BUDGET=smoke NODE_PROGRESS=text $(PY) scripts/pytest_strict.py tests notebooks --nbval-lax \
 		--nbval-current-env --nbval-cell-timeout=600
 
+# The server's root is the repository, so the notebooks' links to ../odecore.py and
+# the other modules open; the browser starts in notebooks/. Progress bars are widgets.
+# (Jupyter refuses to run as root unless told: containers and these machines are root.)
 lab: $(STAMP)
-	$(PY) -m jupyter lab --notebook-dir=notebooks
+	$(PY) -m jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-dev.txt

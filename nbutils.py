@@ -1,15 +1,19 @@
 """nbutils: what the notebooks need around the ODE machinery.
 
 The budget (`NODE_BUDGET`), the device, where data and outputs go, seeding,
-plots and GIFs, and measuring memory. None of it is about ODEs: that is
-`odecore.py`'s job.
+progress bars, plots and GIFs, measuring memory, and describing the run. None
+of it is about ODEs: that is `odecore.py`'s job.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import random
-from collections.abc import Callable
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +22,12 @@ from torch import Tensor
 
 __all__ = [
     "REPO_ROOT", "BUDGETS", "get_device", "get_budget", "data_root", "output_dir",
-    "seed_everything", "peak_memory_mb", "plot_trajectories", "figure_to_image", "save_gif",
+    "seed_everything", "progress", "progress_mode", "peak_memory_mb", "run_summary",
+    "plot_trajectories", "figure_to_image", "save_gif",
 ]
 
 BUDGETS = ("smoke", "quick", "full")
+PROGRESS_MODES = ("auto", "text", "off")
 REPO_ROOT = Path(__file__).resolve().parent
 
 
@@ -60,13 +66,85 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def progress_mode() -> str:
+    """How progress bars draw, from `NODE_PROGRESS`: auto (default), text or off."""
+    mode = os.environ.get("NODE_PROGRESS", "auto").strip().lower() or "auto"
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"NODE_PROGRESS={mode!r} is not a progress mode; "
+                         f"use one of {', '.join(PROGRESS_MODES)}")
+    return mode
+
+
+def _in_jupyter_kernel() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, nbclient, nbval), not a terminal IPython."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _have_ipywidgets() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def progress(iterable: Iterable | int | None = None, **kwargs):
+    """A tqdm progress bar over `iterable` (or, given an int, of that `total`).
+
+    Takes tqdm's keyword arguments (`desc`, `total`, `leave`, `disable`, ...) and
+    draws the bar where it reads best, set by `NODE_PROGRESS`:
+
+    * `auto` (the default): in a Jupyter kernel with ipywidgets installed, the
+      widget bar that `tqdm.auto` draws in JupyterLab; in a kernel without
+      ipywidgets, text bars on stdout; in a terminal, tqdm's text bar on stderr.
+    * `text`: tqdm's text bar on **stdout**. `make run` (scripts/run_notebooks.py)
+      and `make test` (nbval) set it. A kernel has no frontend to draw widgets
+      there, and a widget saved in a notebook is a state blob that GitHub cannot
+      show. On stdout, the bar and the cell's prints travel in one stream, in
+      order: on stderr, the newline tqdm writes when it closes can reach the
+      notebook after the next print, as an empty stderr output of its own (the
+      pink band JupyterLab draws), and the bar itself is drawn on pink. The
+      runner keeps only the last redraw of each line.
+    * `off`: no bars.
+    """
+    if isinstance(iterable, int):
+        kwargs.setdefault("total", iterable)
+        iterable = None
+    mode = progress_mode()
+    if mode == "off":
+        kwargs["disable"] = True
+    in_kernel = _in_jupyter_kernel()
+    if mode == "auto" and in_kernel and _have_ipywidgets():
+        from tqdm.notebook import tqdm as widget_bar
+
+        return widget_bar(iterable, **kwargs)
+    from tqdm.std import tqdm as text_bar
+
+    if mode == "text" or in_kernel:
+        kwargs.setdefault("file", sys.stdout)
+        kwargs.setdefault("mininterval", 1.0)  # fewer redraws to send to the notebook
+    return text_bar(iterable, **kwargs)
+
+
+_PROC_STATUS = Path("/proc/self/status")
+_PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
 def peak_memory_mb(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
     """Memory (MB) that `fn()` adds at its peak, above what was in use before it.
 
-    On CUDA: the caching allocator's peak. On the CPU (Linux): the resident-set
-    high-water mark, reset just before the call. Memory an earlier call freed
-    but the allocator kept can hide part of the peak, so measure in a fresh
+    On CUDA: the caching allocator's peak. On the CPU, on Linux: the resident-set
+    high-water mark (`/proc`), reset just before the call. Memory an earlier call
+    freed but the allocator kept can hide part of the peak, so measure in a fresh
     process after a small warm-up (notebook 02 and the benchmarks do).
+
+    Without `/proc` (macOS, BSD) the high-water mark cannot be reset: the result
+    is how far `fn()` raised the process's lifetime peak (`resource.getrusage`),
+    which is `fn`'s own peak only when nothing before it in the process peaked
+    higher: measure in a fresh process. A `RuntimeWarning` says so. On Windows,
+    which has neither, a `RuntimeError` says the CPU cannot be measured.
     """
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -75,19 +153,75 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str = "cpu")
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    status = Path("/proc/self/status")
-    if not status.exists():
-        raise RuntimeError("peak_memory_mb needs Linux's /proc on the CPU")
+    if _PROC_STATUS.exists() and _PROC_CLEAR_REFS.exists():
+        return _peak_mb_proc(fn)
+    return _peak_mb_rusage(fn)
 
+
+def _peak_mb_proc(fn: Callable[[], object]) -> float:
     def read(key: str) -> int:  # kB
-        for line in status.read_text().splitlines():
+        for line in _PROC_STATUS.read_text().splitlines():
             if line.startswith(key):
                 return int(line.split()[1])
-        raise RuntimeError(f"{key} not in /proc/self/status")
+        raise RuntimeError(f"{key} not in {_PROC_STATUS}")
     base = read("VmRSS:")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    _PROC_CLEAR_REFS.write_text("5")  # reset VmHWM to the current RSS
     fn()
     return (read("VmHWM:") - base) / 1024
+
+
+def _peak_mb_rusage(fn: Callable[[], object]) -> float:
+    try:
+        import resource
+    except ImportError:
+        raise RuntimeError(
+            f"peak_memory_mb cannot measure CPU memory on {platform.system() or sys.platform}: "
+            "it needs Linux's /proc or the resource module of macOS and other Unix "
+            "systems; measure on Linux, or on a CUDA device") from None
+    warnings.warn("no /proc here: peak_memory_mb reports how far fn() raised the process's "
+                  "lifetime peak memory, which is its own peak only in a fresh process",
+                  RuntimeWarning, stacklevel=3)
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, else kB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (after - before) * unit / 2**20
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_summary(start: float, budget: str, device: torch.device | str) -> str:
+    """'How this run was made': budget, hardware, versions, wall and CPU time, load.
+
+    `start` is a `time.perf_counter()` reading from the notebook's first cells. The
+    CPU seconds count this process and its finished child processes (workers), so on
+    a shared machine they show how much of the wall time was this run's own work.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines = [f"budget {budget}, device {device}, {torch.get_num_threads()} torch thread(s), "
+             f"{cores} cores; {_cpu_name()}",
+             f"python {platform.python_version()}, torch {torch.__version__}, "
+             f"numpy {np.__version__}, {platform.system()} {platform.machine()}"]
+    wall = f"time so far: {time.perf_counter() - start:.0f} s wall"
+    try:
+        import resource
+
+        cpu = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+                  for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        wall += f", {cpu:.0f} s of CPU (this process and its workers)"
+    except ImportError:
+        pass
+    if hasattr(os, "getloadavg"):
+        wall += f"; load average over the last 15 minutes {os.getloadavg()[2]:.1f}"
+    return "\n".join(lines + [wall])
 
 
 def _np(x) -> np.ndarray:
