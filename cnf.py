@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nbutils import start_method
 from odecore import ODEF, NeuralODE
 
 __all__ = [
@@ -467,21 +468,23 @@ def eval_time(fn: Callable[[], object], repeats: int = 20) -> float:
 
 def in_parallel(fn: Callable, jobs: list, progress: Callable | None = None,
                 workers: int | None = None) -> list:
-    """fn(job) for each job, in forked single-threaded workers, one per core (up to 4).
+    """fn(job) for each job, in single-threaded workers, one per core (up to 4).
 
     The fits are independent and use one torch thread each, so two cores finish them in
-    about half the time. Forking is safe only when the parent set one torch thread before
-    any parallel work (a child forked after OpenMP work can hang): the notebook does so.
+    about half the time. `nbutils.start_method` picks fork on Linux (safe only when the
+    parent runs one torch thread: the notebook sets it) and spawn on macOS and Windows;
+    where neither is safe the jobs run in turn.
     """
     workers = workers or min(os.cpu_count() or 1, len(jobs), 4)
-    if workers <= 1:
+    method, _ = start_method(fn, "cpu")
+    if workers <= 1 or method is None:
         out = []
         for job in jobs:
             out.append(fn(job))
             if progress is not None:
                 progress(1)
         return out
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         futures = [pool.submit(fn, job) for job in jobs]
         out = []
         for fut in futures:

@@ -7,6 +7,7 @@ of it is about ODEs: that is `odecore.py`'s job.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import random
@@ -22,7 +23,7 @@ from torch import Tensor
 
 __all__ = [
     "REPO_ROOT", "BUDGETS", "get_device", "get_budget", "data_root", "output_dir",
-    "seed_everything", "progress", "progress_mode", "peak_memory_mb", "run_summary",
+    "seed_everything", "start_method", "progress", "progress_mode", "peak_memory_mb", "run_summary",
     "plot_trajectories", "figure_to_image", "save_gif",
 ]
 
@@ -196,6 +197,41 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def start_method(fn: Callable, device: torch.device | str = "cpu",
+                 system: str | None = None) -> tuple[str | None, str]:
+    """How to run `fn` in worker processes here: (start method or None, why).
+
+    Shared by `recovery.run_jobs`, `spirals.run_parallel` and `cnf.in_parallel`.
+
+    - "fork" on Linux: the workers inherit the caller's state, so `fn` may be a
+      function defined in a notebook. Only while torch runs on one thread: a
+      child forked after multi-threaded work waits forever in OpenMP.
+    - "spawn" elsewhere (macOS, where forking is unsafe, and Windows, which
+      has no fork), for a function a fresh process can import from a module.
+    - None: run in turn here (a GPU, one core, or a function defined in a
+      notebook where only "spawn" is safe: a new process cannot import it).
+
+    `system` is `sys.platform` unless given (the tests ask for each platform).
+    """
+    system = system or sys.platform
+    if torch.device(device).type != "cpu":
+        return None, "on a GPU the runs go in turn (one device, no forking CUDA)"
+    if (os.cpu_count() or 1) < 2:
+        return None, "one CPU core: the runs go in turn"
+    methods = multiprocessing.get_all_start_methods()
+    if system.startswith("linux") and "fork" in methods:
+        if torch.get_num_threads() > 1:
+            return None, (f"torch runs on {torch.get_num_threads()} threads, and forking after "
+                          "threaded work can hang: the runs go in turn")
+        return "fork", "forked workers (Linux), one torch thread each"
+    module = getattr(fn, "__module__", "__main__")
+    if module in ("__main__", None) or "<locals>" in getattr(fn, "__qualname__", ""):
+        return None, (f"{system} has no safe fork, and {getattr(fn, '__name__', fn)!r} "
+                      "is defined in the notebook, so a spawned worker cannot import it: "
+                      "the runs go in turn")
+    return "spawn", f"spawned workers ({system}), one torch thread each"
 
 
 def run_summary(start: float, budget: str, device: torch.device | str) -> str:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
-from nbutils import figure_to_image, progress, save_gif
+from nbutils import figure_to_image, progress, save_gif, start_method
 
 __all__ = ["one_thread_on_cpu", "start_method", "run_jobs", "training_gif", "field_figure"]
 
@@ -38,39 +37,6 @@ def one_thread_on_cpu(device: torch.device | str) -> int:
     if torch.device(device).type == "cpu":
         torch.set_num_threads(1)
     return torch.get_num_threads()
-
-
-def start_method(fn: Callable, device: torch.device | str = "cpu",
-                 system: str | None = None) -> tuple[str | None, str]:
-    """How `run_jobs` would run `fn` in worker processes: (start method or None, why).
-
-    - "fork" on Linux: the workers inherit the caller's state, so `fn` may be a
-      function defined in a notebook. Only while torch runs on one thread: a
-      child forked after multi-threaded work waits forever in OpenMP.
-    - "spawn" elsewhere (macOS, where forking is unsafe, and Windows, which
-      has no fork), for a function a fresh process can import from a module.
-    - None: run in turn here (a GPU, one core, or a function defined in a
-      notebook where only "spawn" is safe: a new process cannot import it).
-
-    `system` is `sys.platform` unless given (the tests ask for each platform).
-    """
-    system = system or sys.platform
-    if torch.device(device).type != "cpu":
-        return None, "on a GPU the runs go in turn (one device, no forking CUDA)"
-    if (os.cpu_count() or 1) < 2:
-        return None, "one CPU core: the runs go in turn"
-    methods = multiprocessing.get_all_start_methods()
-    if system.startswith("linux") and "fork" in methods:
-        if torch.get_num_threads() > 1:
-            return None, (f"torch runs on {torch.get_num_threads()} threads, and forking after "
-                          "threaded work can hang: the runs go in turn")
-        return "fork", "forked workers (Linux), one torch thread each"
-    module = getattr(fn, "__module__", "__main__")
-    if module in ("__main__", None) or "<locals>" in getattr(fn, "__qualname__", ""):
-        return None, (f"{system} has no safe fork, and {getattr(fn, '__name__', fn)!r} "
-                      "is defined in the notebook, so a spawned worker cannot import it: "
-                      "the runs go in turn")
-    return "spawn", f"spawned workers ({system}), one torch thread each"
 
 
 def _one_thread(fn: Callable, job):

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from nbutils import get_device, output_dir, progress
+from nbutils import get_device, output_dir, progress, start_method
 from odecore import ODEF, NeuralODE
 
 # Table 2 of Chen et al. (2018): predictive RMSE on their spirals, from k observed points.
@@ -725,23 +725,28 @@ def _one_thread(fn, args):
     return fn(*args)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor | None:
-    """A fork pool on a multi-core Linux/macOS CPU; None where jobs should run in turn."""
-    if (workers < 2 or get_device().type != "cpu"
-            or "fork" not in multiprocessing.get_all_start_methods()):
+def _pool(workers: int, fn: Callable) -> ProcessPoolExecutor | None:
+    """A pool of worker processes where `nbutils.start_method` finds that safe, else None.
+
+    Forked workers on Linux; spawned ones on macOS and Windows (`fn` and its
+    arguments must then be importable and picklable, as `train_new`'s are);
+    None (run in turn) on a GPU, on one core, or with torch on several threads.
+    """
+    method, _ = start_method(fn, get_device())
+    if workers < 2 or method is None:
         return None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
 
 
 def submit(fn: Callable, *args) -> Future | _Done:
     """Run `fn(*args)` on a spare core and return a future; in turn where there is none.
 
     The spiral models are small and single-threaded, so a second CPU core
-    trains a second model at the same time. On a GPU, with one core, or
-    without `fork` (Windows), `fn` runs here and now. Jobs must take their
+    trains a second model at the same time (`_pool` says how). On a GPU or
+    with one core, `fn` runs here and now. Jobs must take their
     randomness from their arguments (seeds), so both paths give one result.
     """
-    pool = _pool(min(2, os.cpu_count() or 1))
+    pool = _pool(min(2, os.cpu_count() or 1), fn)
     if pool is None:
         return _Done(fn(*args))
     future = pool.submit(_one_thread, fn, args)
@@ -751,7 +756,7 @@ def submit(fn: Callable, *args) -> Future | _Done:
 
 def run_parallel(fn: Callable, jobs: Sequence[tuple], workers: int | None = None) -> list:
     """`[fn(*args) for args in jobs]`, one job a core (in turn on a GPU or one core)."""
-    pool = _pool(workers or os.cpu_count() or 1)
+    pool = _pool(workers or os.cpu_count() or 1, fn)
     if pool is None:
         return [fn(*args) for args in jobs]
     with pool:

@@ -338,3 +338,15 @@ def test_training_monitor_scores_the_heldout_batch(paper_small, one_thread):
         b.x_obs, b.t_obs, b.t_grid), b, 20)["extrapolation"], rel_tol=1e-6)
     _, h2 = S.train_new("Latent ODE", TINY, train, cfg, 0, "cpu")  # the monitor changes nothing
     assert h2["loss"] == h["loss"] and h2["monitor"] == []
+
+
+def test_spawned_workers_give_the_same_models(paper_small, monkeypatch, one_thread):
+    # macOS and Windows get spawned workers (nbutils.start_method): the jobs must pickle
+    train, _ = paper_small
+    cfg = S.TrainConfig(iters=2, batch_size=4, window=30, n_obs=(5,))
+    jobs = [(kind, TINY, train, cfg, 3, "cpu") for kind in ("Latent ODE", "RNN")]
+    monkeypatch.setattr(S, "start_method", lambda fn, device: ("spawn", "test"))
+    spawned = S.run_parallel(S.train_new, jobs, workers=2)
+    in_turn = [S.train_new(*job) for job in jobs]
+    for (_, ha), (_, hb) in zip(spawned, in_turn):
+        assert ha["loss"] == hb["loss"]
