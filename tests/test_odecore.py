@@ -1,6 +1,5 @@
 """odecore against independent answers: exact solutions, autograd, gradcheck."""
 
-import json
 import math
 import os
 import signal
@@ -349,15 +348,10 @@ def test_seminorm_gradients_converge_and_cost_no_more(case):
 
 
 def load_conv_odef():
-    """Notebook 02's ConvODEF, from the cell that defines it (as the benchmark does)."""
-    cells = json.loads((ROOT / "notebooks" / "02_mnist_ode_net.ipynb").read_text())["cells"]
-    marker = "# ConvODEF: the dynamics of the ODE block"
-    srcs = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
-    found = [s for s in srcs if s.startswith(marker)]
-    assert len(found) == 1, "notebook 02 must have one code cell defining ConvODEF"
-    namespace: dict = {}
-    exec(compile(found[0], "02_mnist_ode_net.ipynb", "exec"), namespace)
-    return namespace["ConvODEF"]
+    """Notebook 02's ConvODEF, from the module the notebook and the benchmark import it from."""
+    from mnist import ConvODEF
+
+    return ConvODEF
 
 
 def test_seminorm_cuts_convodef_backward_nfe():

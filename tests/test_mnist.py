@@ -1,0 +1,133 @@
+"""mnist: notebook 02's models, training loop and memory probe."""
+
+import pytest
+import torch
+
+import mnist
+import odecore
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_parameter_counts_match_table_1():
+    # the paper: ODE-Net and RK-Net 0.22M, ResNet 0.60M, MLP 0.24M
+    counts = {name: mnist.n_params(mnist.build_model(name)) for name in mnist.NAMES}
+    assert counts == {"ODE-Net": 208_010, "RK-Net": 208_010, "ResNet": 576_778,
+                      "MLP": 238_510}
+
+
+def test_models_classify_mnist_shaped_batches():
+    x = torch.randn(3, 1, 28, 28)
+    for name in mnist.NAMES:
+        assert mnist.build_model(name)(x).shape == (3, 10), name
+    with pytest.raises(ValueError, match="unknown model"):
+        mnist.build_model("VGG")
+
+
+def test_ode_net_and_rk_net_differ_only_in_how_gradients_flow():
+    """The same forward pass; the adjoint's gradient converges to autograd's as h shrinks.
+
+    At a fresh initialisation the adjoint's backward RK4 solve at the training
+    step (h = 0.5) is far off (about 60% on the stem's gradients, measured);
+    at h = 0.1 a few percent, at h = 0.02 a fraction of one.
+    """
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 3])
+    gaps = []
+    for h in (0.1, 0.02):
+        torch.manual_seed(0)
+        ode = mnist.build_model("ODE-Net", h_max=h).double()
+        rk = mnist.build_model("RK-Net", h_max=h).double()
+        rk.load_state_dict(ode.state_dict())
+        assert ode.feature.adjoint and not rk.feature.adjoint
+        assert torch.allclose(ode(x), rk(x))
+        grads = []
+        for model in (ode, rk):
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        gaps.append(float((grads[0] - grads[1]).norm() / grads[1].norm()))
+    assert gaps[1] < 1e-2 and gaps[1] < gaps[0] / 5, gaps
+
+
+def test_convodef_takes_shared_and_per_sample_times():
+    torch.manual_seed(0)
+    f = mnist.ConvODEF(8).eval()
+    z = torch.randn(3, 8, 5, 5)
+    shared = f(z, torch.tensor(0.3))
+    per_sample = f(z, torch.full((3, 1), 0.3))
+    assert isinstance(f, odecore.ODEF) and shared.shape == z.shape
+    assert torch.allclose(shared, per_sample)
+    assert not torch.allclose(shared, f(z, torch.tensor(0.9)))  # the time channel matters
+
+
+def test_batches_cover_each_epoch_once_and_are_seeded():
+    got = list(mnist.batches(10, 3, iters=6, seed=1))
+    assert len(got) == 6 and all(len(b) == 3 for b in got)
+    first_epoch = torch.cat(got[:3])
+    assert len(set(first_epoch.tolist())) == 9  # no repeats within an epoch
+    assert all(torch.equal(a, b) for a, b in zip(got, mnist.batches(10, 3, iters=6, seed=1)))
+    with pytest.raises(ValueError):
+        next(mnist.batches(2, 3, iters=1, seed=0))
+
+
+def test_random_shift_moves_images_within_pad():
+    x = torch.full((4, 1, 28, 28), -mnist.MEAN / mnist.STD)
+    x[:, :, 14, 14] = 1.0
+    shifted = mnist.random_shift(x, pad=2)
+    assert shifted.shape == x.shape
+    for img in shifted[:, 0]:
+        (r, c), = (img == 1.0).nonzero().tolist()
+        assert abs(r - 14) <= 2 and abs(c - 14) <= 2
+
+
+def test_train_lowers_the_loss_and_snapshots():
+    torch.manual_seed(0)
+    X = torch.randn(64, 1, 28, 28)
+    Y = torch.randint(0, 10, (64,))
+    model = mnist.build_model("MLP")
+    r = mnist.train(model, X, Y, iters=40, lr=3e-3, batch=16, snap_every=20)
+    assert r["losses"][-1] < r["losses"][0] and r["iters"] == 40 and r["seconds"] > 0
+    assert [it for it, _ in r["snapshots"]] == [0, 20, 40]
+    assert mnist.test_accuracy(model, X, Y) > 0.5  # memorised part of the random labels
+
+
+def test_train_reports_the_ode_blocks_nfe():
+    torch.manual_seed(0)
+    X, Y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    r = mnist.train(mnist.build_model("ODE-Net", method="rk4", h_max=0.5), X, Y, iters=1,
+                    lr=1e-3, batch=8)
+    assert r["nfe"] == (8, 8)  # RK4, 2 steps: 8 evaluations each way
+
+
+def test_memory_probe_in_fresh_processes():
+    """Adjoint memory flat in the number of steps; backprop through the solver grows."""
+    jobs = {(n, name): (name, 4, dict(method="euler", h_max=1 / n))
+            for n in (2, 40) for name in ("ODE-Net", "RK-Net")}
+    mb = mnist.probe_all(jobs)
+    assert all(v > 0 for v in mb.values()), mb
+    assert mb[40, "RK-Net"] > mb[2, "RK-Net"] + 2, mb  # 38 more steps of stored activations
+    assert abs(mb[40, "ODE-Net"] - mb[2, "ODE-Net"]) < 0.5 * (mb[40, "RK-Net"] - mb[2, "RK-Net"])
+
+
+def test_memory_probe_reports_a_failing_child():
+    with pytest.raises(RuntimeError, match="memory probe"):
+        mnist.step_memory_mb_fresh("VGG", 2, {})
+
+
+def test_seconds_per_iteration_at_the_posts_setting():
+    X, Y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    s, nf, nb = mnist.seconds_per_iteration(X, Y, n=2, batch=4, warmup=1)
+    assert s > 0 and (nf, nb) == (20, 20)  # Euler, 20 steps, adjoint
+
+
+def test_markdown_table():
+    import pandas as pd
+
+    df = pd.DataFrame({"a": [1, 2]}, index=pd.Index(["x", "y"], name="k"))
+    assert mnist.markdown_table(df) == "| k | a |\n|---|---|\n| x | 1 |\n| y | 2 |"
