@@ -922,6 +922,28 @@ def plot_window(ax, b: Batch, j: int, preds: dict | None = None, horizon: int = 
     return sc
 
 
+@torch.no_grad()
+def dimension_sweeps(model: nn.Module, codes: Tensor, t_grid: Tensor, n: int = 7
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Figure 9 for every latent dimension: vary one, hold the rest at the mean code.
+
+    Dimension d runs over the range of `codes[:, d]` in `n` steps; each code is
+    decoded on `t_grid` `(G, 1, 1)` (one sample's grid). Returns `(values (D, n),
+    L (D, n), x (D, G, n, 2))`: the swept values, the mean angular momentum of
+    each decoding (its sign is the direction) and the decodings.
+    """
+    D = codes.shape[1]
+    lo, hi = codes.min(0).values, codes.max(0).values
+    w = torch.linspace(0, 1, n, device=codes.device)
+    values = lo[:, None] + w[None] * (hi - lo)[:, None]                      # (D, n)
+    z = codes.mean(0)[None, None].repeat(D, n, 1)                            # (D, n, D)
+    z[torch.arange(D), :, torch.arange(D)] = values
+    x = model.decode(z.reshape(D * n, D), t_grid.expand(-1, D * n, 1))      # (G, D n, 2)
+    x = x.reshape(x.shape[0], D, n, 2).permute(1, 0, 2, 3)
+    L = torch.stack([angular_momentum(x[d], t_grid[:, 0, 0]) for d in range(D)])
+    return values, L, x
+
+
 # ---------------------------------------------------------------------------
 # 7. Checkpoints
 # ---------------------------------------------------------------------------
@@ -969,5 +991,6 @@ __all__ = [
     "ablation_settings", "new_model", "train_new", "submit", "run_parallel", "rmse",
     "trivial_predict", "origin_predict", "linear_fit_predict", "REFERENCES", "horizon_rmse",
     "score", "evaluate", "linear_separability", "direction_separability",
-    "pca_2d", "COLORS", "plot_window", "checkpoint_path", "save_checkpoint", "load_checkpoint",
+    "pca_2d", "COLORS", "plot_window", "dimension_sweeps", "checkpoint_path", "save_checkpoint",
+    "load_checkpoint",
 ]

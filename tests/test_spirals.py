@@ -350,3 +350,20 @@ def test_spawned_workers_give_the_same_models(paper_small, monkeypatch, one_thre
     in_turn = [S.train_new(*job) for job in jobs]
     for (_, ha), (_, hb) in zip(spawned, in_turn):
         assert ha["loss"] == hb["loss"]
+
+
+def test_dimension_sweeps_vary_one_dimension_at_a_time(paper_small):
+    _, test = paper_small
+    model = S.new_model("Latent ODE", TINY, 0, "cpu")
+    b = S.heldout_batch(test, 10, 30, 20)
+    codes = model.code(b.x_obs, b.t_obs)
+    values, L, x = S.dimension_sweeps(model, codes, b.t_grid[:, :1], n=5)
+    D = TINY.latent_dim
+    assert values.shape == (D, 5) and L.shape == (D, 5) and x.shape == (D, 50, 5, 2)
+    assert torch.allclose(values[:, 0], codes.min(0).values)
+    assert torch.allclose(values[:, -1], codes.max(0).values)
+    z = codes.mean(0, keepdim=True).clone()
+    z[0, 1] = values[1, 3]
+    with torch.no_grad():
+        one = model.decode(z, b.t_grid[:, :1])
+    assert torch.allclose(x[1, :, 3], one[:, 0], atol=1e-6)
