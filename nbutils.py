@@ -23,7 +23,8 @@ from torch import Tensor
 
 __all__ = [
     "REPO_ROOT", "BUDGETS", "get_device", "get_budget", "data_root", "output_dir",
-    "seed_everything", "start_method", "progress", "progress_mode", "peak_memory_mb", "run_summary",
+    "seed_everything", "start_method", "cpu_name", "progress", "progress_mode", "peak_memory_mb",
+    "run_summary",
     "plot_trajectories", "figure_to_image", "save_gif",
 ]
 
@@ -189,7 +190,8 @@ def _peak_mb_rusage(fn: Callable[[], object]) -> float:
     return (after - before) * unit / 2**20
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what `platform` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -243,7 +245,7 @@ def run_summary(start: float, budget: str, device: torch.device | str) -> str:
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [f"budget {budget}, device {device}, {torch.get_num_threads()} torch thread(s), "
-             f"{cores} cores; {_cpu_name()}",
+             f"{cores} cores; {cpu_name()}",
              f"python {platform.python_version()}, torch {torch.__version__}, "
              f"numpy {np.__version__}, {platform.system()} {platform.machine()}"]
     wall = f"time so far: {time.perf_counter() - start:.0f} s wall"

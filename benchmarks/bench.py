@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import odecore  # noqa: E402
 from mnist import ConvODEF  # noqa: E402
-from nbutils import peak_memory_mb  # noqa: E402
+from nbutils import cpu_name, peak_memory_mb  # noqa: E402
 from odecore import NNODEF, NeuralODE  # noqa: E402
 
 
@@ -427,16 +427,6 @@ def speed_targets(rows):
             f"{', '.join(f'{v:.2f}' for v in mlp_dopri)} on the MLP field in this run.",
         ]
     return lines
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_meta(threads, elapsed):

@@ -29,13 +29,7 @@ from cnf import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny 2-D models: a second thread only waits, and on a busy machine waits long.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 
 

@@ -21,13 +21,6 @@ def notebook_fn(x):  # stands for a function defined in a notebook cell
 notebook_fn.__module__ = "__main__"
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def two_cores(monkeypatch):

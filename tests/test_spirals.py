@@ -15,14 +15,6 @@ TINY = S.ModelConfig(rnn_hidden=8, latent_dim=3, ode_hidden=8, dec_hidden=8, met
                      h_max=0.2)
 
 
-@pytest.fixture
-def one_thread():
-    # The spiral models are tiny: on a busy 2-core machine a second thread only waits.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def small():
