@@ -22,18 +22,16 @@ records a graph, as `ODEF.forward_with_grad` does in the adjoint's backward pass
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nbutils import start_method
+from nbutils import worker_pool
 from odecore import ODEF, NeuralODE
 
 __all__ = [
@@ -476,15 +474,15 @@ def in_parallel(fn: Callable, jobs: list, progress: Callable | None = None,
     where neither is safe the jobs run in turn.
     """
     workers = workers or min(os.cpu_count() or 1, len(jobs), 4)
-    method, _ = start_method(fn, "cpu")
-    if workers <= 1 or method is None:
+    pool = worker_pool(workers, fn)
+    if pool is None:
         out = []
         for job in jobs:
             out.append(fn(job))
             if progress is not None:
                 progress(1)
         return out
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+    with pool:
         futures = [pool.submit(fn, job) for job in jobs]
         out = []
         for fut in futures:

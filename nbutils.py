@@ -23,8 +23,8 @@ from torch import Tensor
 
 __all__ = [
     "REPO_ROOT", "BUDGETS", "get_device", "get_budget", "data_root", "output_dir",
-    "seed_everything", "start_method", "cpu_name", "progress", "progress_mode", "peak_memory_mb",
-    "run_summary",
+    "seed_everything", "start_method", "worker_pool", "cpu_name", "progress", "progress_mode",
+    "peak_memory_mb", "run_summary",
     "plot_trajectories", "figure_to_image", "save_gif",
 ]
 
@@ -188,6 +188,18 @@ def _peak_mb_rusage(fn: Callable[[], object]) -> float:
     fn()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (after - before) * unit / 2**20
+
+
+def worker_pool(workers: int, fn: Callable, device: torch.device | str = "cpu"):
+    """A `ProcessPoolExecutor` of `workers` processes started the way `start_method`
+    finds safe for `fn`, or None where the jobs should run in turn (one worker, a
+    GPU, one core, several torch threads, or no safe start method)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    method, _ = start_method(fn, device)
+    if workers < 2 or method is None:
+        return None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
 
 
 def cpu_name() -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from nbutils import get_device, output_dir, progress, start_method
+from nbutils import get_device, output_dir, progress, worker_pool
 from odecore import ODEF, NeuralODE
 
 # Table 2 of Chen et al. (2018): predictive RMSE on their spirals, from k observed points.
@@ -732,10 +731,7 @@ def _pool(workers: int, fn: Callable) -> ProcessPoolExecutor | None:
     arguments must then be importable and picklable, as `train_new`'s are);
     None (run in turn) on a GPU, on one core, or with torch on several threads.
     """
-    method, _ = start_method(fn, get_device())
-    if workers < 2 or method is None:
-        return None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    return worker_pool(workers, fn, get_device())
 
 
 def submit(fn: Callable, *args) -> Future | _Done:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import nbutils
 import spirals as S
 from odecore import LinearODEF, odeint
 
@@ -337,7 +338,7 @@ def test_spawned_workers_give_the_same_models(paper_small, monkeypatch, one_thre
     train, _ = paper_small
     cfg = S.TrainConfig(iters=2, batch_size=4, window=30, n_obs=(5,))
     jobs = [(kind, TINY, train, cfg, 3, "cpu") for kind in ("Latent ODE", "RNN")]
-    monkeypatch.setattr(S, "start_method", lambda fn, device: ("spawn", "test"))
+    monkeypatch.setattr(nbutils, "start_method", lambda fn, device: ("spawn", "test"))
     spawned = S.run_parallel(S.train_new, jobs, workers=2)
     in_turn = [S.train_new(*job) for job in jobs]
     for (_, ha), (_, hb) in zip(spawned, in_turn):
