@@ -132,15 +132,21 @@ def progress(iterable: Iterable | int | None = None, **kwargs):
 
 _PROC_STATUS = Path("/proc/self/status")
 _PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+_PROC_STATM = Path("/proc/self/statm")
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
     """Memory (MB) that `fn()` adds at its peak, above what was in use before it.
 
-    On CUDA: the caching allocator's peak. On the CPU, on Linux: the resident-set
-    high-water mark (`/proc`), reset just before the call. Memory an earlier call
-    freed but the allocator kept can hide part of the peak, so measure in a fresh
-    process after a small warm-up (notebook 02 and the benchmarks do).
+    On CUDA: the caching allocator's peak. On the CPU two readings are combined,
+    because kernels and sandboxes differ in what they keep: the resident-set
+    high-water mark, reset just before the call (Linux's `/proc/self/clear_refs`),
+    and the resident set sampled about every millisecond while `fn` runs (Linux's
+    `/proc/self/statm`); the larger wins. The sample alone can miss a peak that
+    lasts under a millisecond, the high-water mark alone reads 0 where it is not
+    kept. Memory an earlier call freed but the allocator kept can hide part of
+    the peak, so measure in a fresh process after a small warm-up (notebook 02
+    and the benchmarks do).
 
     Without `/proc` (macOS, BSD) the high-water mark cannot be reset: the result
     is how far `fn()` raised the process's lifetime peak (`resource.getrusage`),
@@ -155,21 +161,65 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str = "cpu")
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    if _PROC_STATUS.exists() and _PROC_CLEAR_REFS.exists():
-        return _peak_mb_proc(fn)
-    return _peak_mb_rusage(fn)
+    sampler = _RssSampler() if _PROC_STATM.exists() else None
+    if sampler is None:
+        return _peak_mb_rusage(fn)
+    with sampler:
+        marked = _peak_mb_proc(fn)
+    return max(marked, sampler.peak_mb)
 
 
 def _peak_mb_proc(fn: Callable[[], object]) -> float:
+    """The rise of VmHWM over VmRSS, reset just before `fn`; 0 where it cannot be reset."""
     def read(key: str) -> int:  # kB
         for line in _PROC_STATUS.read_text().splitlines():
             if line.startswith(key):
                 return int(line.split()[1])
         raise RuntimeError(f"{key} not in {_PROC_STATUS}")
+    if not (_PROC_STATUS.exists() and _PROC_CLEAR_REFS.exists()):
+        fn()
+        return 0.0
     base = read("VmRSS:")
-    _PROC_CLEAR_REFS.write_text("5")  # reset VmHWM to the current RSS
+    try:
+        _PROC_CLEAR_REFS.write_text("5")  # reset VmHWM to the current RSS
+    except OSError:  # a read-only /proc in some containers
+        fn()
+        return 0.0
     fn()
-    return (read("VmHWM:") - base) / 1024
+    return max(read("VmHWM:") - base, 0) / 1024
+
+
+class _RssSampler:
+    """Reads the resident set every `interval` seconds in a thread; `peak_mb` is
+    the largest rise over the reading taken on entry. numpy and torch release the
+    GIL in their kernels, so the thread runs while they work."""
+
+    interval = 5e-4  # seconds
+
+    def __init__(self) -> None:
+        import threading
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _rss_mb(self) -> float:
+        return int(_PROC_STATM.read_text().split()[1]) * self._page_mb
+
+    def _run(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, self._rss_mb() - self._base)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> _RssSampler:
+        self._base = self._rss_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _peak_mb_rusage(fn: Callable[[], object]) -> float:
