@@ -24,7 +24,7 @@ from torch import Tensor
 __all__ = [
     "REPO_ROOT", "BUDGETS", "get_device", "get_budget", "data_root", "output_dir",
     "seed_everything", "start_method", "worker_pool", "cpu_name", "progress", "progress_mode",
-    "peak_memory_mb", "run_summary",
+    "peak_memory_mb", "run_summary", "RECORDS", "save_record", "load_record",
     "plot_trajectories", "figure_to_image", "save_gif",
 ]
 
@@ -322,6 +322,37 @@ def run_summary(start: float, budget: str, device: torch.device | str) -> str:
     if hasattr(os, "getloadavg"):
         wall += f"; load average over the last 15 minutes {os.getloadavg()[2]:.1f}"
     return "\n".join(lines + [wall])
+
+
+RECORDS = REPO_ROOT / "results"
+
+
+def save_record(notebook: str, budget: str, numbers: dict, device: torch.device | str) -> Path:
+    """Keep a run's headline numbers in git (`results/NOTEBOOK-BUDGET.json`).
+
+    The notebooks are committed with a `quick` run's outputs, and their prose may
+    quote only numbers that the outputs print; a `full` run's numbers reach the
+    committed notebook through this record, which its `quick` run loads and prints.
+    """
+    import datetime
+    import json
+
+    RECORDS.mkdir(exist_ok=True)
+    path = RECORDS / f"{notebook}-{budget}.json"
+    record = {"notebook": notebook, "budget": budget,
+              "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+              "device": str(device), "cpu": cpu_name(), "torch": torch.__version__,
+              "numbers": numbers}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def load_record(notebook: str, budget: str) -> dict | None:
+    """The record `save_record` kept for this notebook and budget, or None."""
+    import json
+
+    path = RECORDS / f"{notebook}-{budget}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _np(x) -> np.ndarray:

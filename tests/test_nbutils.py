@@ -167,3 +167,25 @@ def test_run_summary_names_budget_versions_and_time():
     assert "budget smoke, device cpu" in text
     assert "torch " in text and "python " in text
     assert "s wall" in text and "s of CPU" in text
+
+
+# --------------------------------------------------------------------------
+# Records of runs
+# --------------------------------------------------------------------------
+def test_record_round_trip(monkeypatch, tmp_path):
+    monkeypatch.setattr(nbutils, "RECORDS", tmp_path / "results")
+    assert nbutils.load_record("03_demo", "full") is None
+    path = nbutils.save_record("03_demo", "full", {"rmse": {"30": 0.25}}, "cpu")
+    assert path == tmp_path / "results" / "03_demo-full.json"
+    record = nbutils.load_record("03_demo", "full")
+    assert record["numbers"] == {"rmse": {"30": 0.25}}
+    assert record["budget"] == "full" and record["device"] == "cpu" and record["date"]
+
+
+def test_committed_records_are_well_formed():
+    """Each committed record names its notebook and budget, and that notebook exists."""
+    for path in sorted(nbutils.RECORDS.glob("*.json")):
+        record = nbutils.load_record(*path.stem.rsplit("-", 1))
+        assert f"{record['notebook']}-{record['budget']}" == path.stem
+        assert (ROOT / "notebooks" / f"{record['notebook']}.ipynb").exists(), path
+        assert record["numbers"], path
