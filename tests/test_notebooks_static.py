@@ -2,8 +2,9 @@
 
 Static checks of the saved files, no kernel: short code cells, the project kernel's
 kernelspec (so opening a notebook in JupyterLab leaves `git status` clean), no
-widget state, no blank stderr outputs. `scripts/run_notebooks.py` writes notebooks
-that pass; `scripts/normalize_notebooks.py` fixes the kernelspec alone.
+widget state, no blank stderr outputs, and prose that quotes only numbers the
+outputs print. `scripts/run_notebooks.py` writes notebooks that pass the first four;
+`scripts/normalize_notebooks.py` fixes the kernelspec alone.
 """
 
 import json
@@ -79,3 +80,77 @@ def test_no_blank_stderr_outputs(path):
                     if out.get("output_type") == "stream" and out.get("name") == "stderr"
                     and not text(out.get("text", "")).strip()})
     assert not cells, f"empty or whitespace-only stderr outputs in cells {cells}"
+
+
+# --------------------------------------------------------------------------
+# Prose quotes only what the outputs print
+# --------------------------------------------------------------------------
+NUMBER = r"(?<![\w.])(-?\d+\.\d+(?:e[-+]?\d+)?)(?![\w.]*\d)"
+# Numbers the prose may quote without an output printing them, each with its reason.
+QUOTED_WITHOUT_OUTPUT = {
+    "01_dynamics_recovery": {
+        "6.29": "the post's time span, 6.29 * 5, a setting",
+        "0.65": "seed 1's result in another run, quoted to show how much digits move",
+    },
+    "02_mnist_ode_net": {
+        "0.1307": "the post's pixel mean, a setting", "0.3081": "the post's pixel std",
+    },
+    "03_latent_ode_vae": {
+        "31.45": "the post's time span, a setting",
+        "0.01": "the learning rate, a setting",
+        "2.3": "'2.3 times as badly': the ratio of the ablation's printed 1.3313 and 0.5789",
+        "0.038": "the paper's grid step, 6*pi/499, a setting",
+        "0.158": "the post's grid step, 31.45/199, a setting",
+        "1.19": "'about 1.19': the trivial predictor's printed 1.1815 to 1.2032",
+    },
+    "04_latent_homotopy": {"7.5": "the end of the decoded grid, a setting"},
+    "05_continuous_normalizing_flows": {"0.95": "the 95th percentile: a definition"},
+}
+
+
+def decimals(token: str) -> int:
+    mantissa = token.split("e")[0]
+    return len(mantissa.split(".")[1])
+
+
+def printed_numbers(nb) -> list[tuple[float, int]]:
+    """Every decimal number the outputs print, or the code cells write, with its decimals."""
+    import re
+
+    chunks = [source(c) for c in nb["cells"] if c["cell_type"] == "code"]
+    for _, out in outputs(nb):
+        chunks.append(text(out.get("text", "")))
+        data = out.get("data", {})
+        chunks += [text(data.get(m, "")) for m in ("text/plain", "text/html", "text/markdown")]
+    return [(float(t), decimals(t)) for chunk in chunks for t in re.findall(NUMBER, chunk)]
+
+
+def is_printed(token: str, printed: list[tuple[float, int]], percent: bool = False) -> bool:
+    """Printed as it is, or printed with more digits that round to it; a percentage
+    may be printed as a fraction."""
+    x, d = float(token), decimals(token)
+    if any((e >= d and round(y, d) == round(x, d)) or (e < d and y == x) for y, e in printed):
+        return True
+    return percent and is_printed(f"{x / 100:.{d + 2}f}", printed)
+
+
+@notebook
+def test_prose_quotes_only_printed_numbers(path):
+    """A number with two or more decimals in the markdown must appear in the committed
+    outputs (rounded or as printed) or in the code, unless listed above with its reason:
+    the prose must not quote another run, an old run, or a number nobody printed."""
+    import re
+
+    nb = load(path)
+    printed = printed_numbers(nb)
+    allowed = QUOTED_WITHOUT_OUTPUT.get(path.stem, {})
+    missing = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        prose = re.sub(r"\(https?://[^)]*\)|https?://\S+|arXiv:\s*\S+|[Ss]ection \d[\d.]*",
+                       " ", source(cell))
+        prose = re.sub(r"(\d+\.\d+)\s*\\cdot\s*10\^\{(-?\d+)\}", r"\1e\2", prose)  # LaTeX
+        missing += [(i, m[1]) for m in re.finditer(NUMBER + r"(\s*\\?%)?", prose)
+                    if m[1] not in allowed and not is_printed(m[1], printed, bool(m[2]))]
+    assert not missing, f"markdown numbers no output prints (cell, number): {missing}"
