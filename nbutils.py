@@ -171,22 +171,19 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str = "cpu")
 
 def _peak_mb_proc(fn: Callable[[], object]) -> float:
     """The rise of VmHWM over VmRSS, reset just before `fn`; 0 where it cannot be reset."""
-    def read(key: str) -> int:  # kB
+    def read_kb(key: str) -> int:
         for line in _PROC_STATUS.read_text().splitlines():
             if line.startswith(key):
                 return int(line.split()[1])
         raise RuntimeError(f"{key} not in {_PROC_STATUS}")
-    if not (_PROC_STATUS.exists() and _PROC_CLEAR_REFS.exists()):
-        fn()
-        return 0.0
-    base = read("VmRSS:")
     try:
+        base = read_kb("VmRSS:")
         _PROC_CLEAR_REFS.write_text("5")  # reset VmHWM to the current RSS
-    except OSError:  # a read-only /proc in some containers
+    except OSError:  # no /proc/self/status or clear_refs, or a read-only /proc
         fn()
         return 0.0
     fn()
-    return max(read("VmHWM:") - base, 0) / 1024
+    return max(read_kb("VmHWM:") - base, 0) / 1024
 
 
 class _RssSampler:
