@@ -161,10 +161,9 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str = "cpu")
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    sampler = _RssSampler() if _PROC_STATM.exists() else None
-    if sampler is None:
+    if not _PROC_STATM.exists():
         return _peak_mb_rusage(fn)
-    with sampler:
+    with _RssSampler() as sampler:
         marked = _peak_mb_proc(fn)
     return max(marked, sampler.peak_mb)
 

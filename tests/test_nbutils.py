@@ -90,18 +90,25 @@ def test_bars_in_a_kernel(monkeypatch, mode):
 # --------------------------------------------------------------------------
 # Peak memory
 # --------------------------------------------------------------------------
+def in_fresh_python(*lines: str, check: bool = True) -> str:
+    """What `lines` print, run in a new interpreter that imports from the repository;
+    with `check`, a failure raises with the child's stderr."""
+    script = "\n".join(["import sys", "sys.path.insert(0, sys.argv[1])", *lines])
+    run = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True,
+                         text=True, timeout=120)
+    if check and run.returncode:
+        raise RuntimeError(f"fresh python failed:\n{run.stderr}")
+    return run.stdout
+
+
 def fresh_peak_mb(setup: str = "") -> float:
     """peak_memory_mb of a 100 MB temporary array, after `setup`, in a fresh process.
     Fresh, as the notebooks measure: in a long-lived process (this one, after the
     other tests) malloc can hand out memory that is freed but still resident, and
     a peak made of it shows no rise at all (CI's clean clone read 0.004 MB)."""
-    script = "\n".join([
-        "import sys", "sys.path.insert(0, sys.argv[1])", "from pathlib import Path",
-        "import numpy as np", "import nbutils", setup,
-        "print(nbutils.peak_memory_mb(lambda: np.ones(100 * 2**20 // 8).sum()))"])
-    out = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True,
-                         text=True, check=True, timeout=120).stdout
-    return float(out)
+    return float(in_fresh_python(
+        "from pathlib import Path", "import numpy as np", "import nbutils", setup,
+        "print(nbutils.peak_memory_mb(lambda: np.ones(100 * 2**20 // 8).sum()))"))
 
 
 def test_peak_memory_sees_a_temporary_array():
@@ -119,10 +126,9 @@ def test_peak_memory_without_a_resettable_high_water_mark():
 
 def hwm_resets() -> bool:
     """Does this kernel keep VmHWM and reset it on request? (in a fresh process)"""
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); import numpy as np, nbutils; "
-              "print(nbutils._peak_mb_proc(lambda: np.ones(50 * 2**20 // 8).sum()))")
-    out = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True,
-                         text=True, timeout=120).stdout
+    out = in_fresh_python("import numpy as np, nbutils",
+                          "print(nbutils._peak_mb_proc(lambda: np.ones(50 * 2**20 // 8).sum()))",
+                          check=False)
     return bool(out.strip()) and float(out) > 40
 
 

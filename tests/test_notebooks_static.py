@@ -8,6 +8,7 @@ outputs print. `scripts/run_notebooks.py` writes notebooks that pass the first f
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -115,8 +116,6 @@ def decimals(token: str) -> int:
 
 def printed_numbers(nb) -> list[tuple[float, int]]:
     """Every decimal number the outputs print, or the code cells write, with its decimals."""
-    import re
-
     chunks = [source(c) for c in nb["cells"] if c["cell_type"] == "code"]
     for _, out in outputs(nb):
         chunks.append(text(out.get("text", "")))
@@ -136,11 +135,9 @@ def is_printed(token: str, printed: list[tuple[float, int]], percent: bool = Fal
 
 @notebook
 def test_prose_quotes_only_printed_numbers(path):
-    """A number with two or more decimals in the markdown must appear in the committed
-    outputs (rounded or as printed) or in the code, unless listed above with its reason:
-    the prose must not quote another run, an old run, or a number nobody printed."""
-    import re
-
+    """A decimal number in the markdown must appear in the committed outputs (rounded
+    or as printed) or in the code, unless listed above with its reason: the prose must
+    not quote another run, an old run, or a number nobody printed."""
     nb = load(path)
     printed = printed_numbers(nb)
     allowed = QUOTED_WITHOUT_OUTPUT.get(path.stem, {})
