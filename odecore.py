@@ -115,17 +115,25 @@ def _error_norm(err: State, y0: State, y1: State, rtol: float, atol: float,
 
     Only the first `parts` parts count when it is given (the adjoint's seminorm).
     """
-    worst = 0.0
     with torch.no_grad():  # step control is not part of the gradient
-        for e, a, b in zip(err[:parts], y0, y1):
-            scale = atol + rtol * torch.maximum(a.abs(), b.abs())
-            worst = max(worst, float((e / scale).pow(2).mean().sqrt()))
-    return worst
+        return _worst(float((e / (atol + rtol * torch.maximum(a.abs(), b.abs())))
+                            .pow(2).mean().sqrt()) for e, a, b in zip(err[:parts], y0, y1))
 
 
 def _rms(y: State, scale: State) -> float:
     with torch.no_grad():
-        return max(float((a / s).pow(2).mean().sqrt()) for a, s in zip(y, scale))
+        return _worst(float((a / s).pow(2).mean().sqrt()) for a, s in zip(y, scale))
+
+
+def _worst(values) -> float:
+    """The largest value, or inf if any is NaN: Python's max(0.0, nan) is 0.0, which
+    would accept a step whose error estimate is NaN as a perfect one."""
+    worst = 0.0
+    for v in values:
+        if math.isnan(v):
+            return math.inf
+        worst = max(worst, v)
+    return worst
 
 
 def _first_step(G, y0: State, f0: State, span: float, rtol: float, atol: float,
@@ -140,6 +148,8 @@ def _first_step(G, y0: State, f0: State, span: float, rtol: float, atol: float,
     direction = math.copysign(1.0, span)
     f1 = G(direction * h0, _axpy(y0_all, direction * h0, (1.0,), (f0_all,)))
     d2 = _rms([a - b for a, b in zip(f1, f0)], scale) / h0
+    if not math.isfinite(d2):  # f is not finite one small step on: start small, let the
+        return h0              # controller shrink the step to where it fails and say so
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
     return min(100 * h0, h1)
 
