@@ -186,7 +186,8 @@ class GaussianBaseline:
 
     def __init__(self, x: Tensor):
         x = x.double()
-        self.dist = torch.distributions.MultivariateNormal(x.mean(0), torch.cov(x.T))
+        cov = torch.cov(x.T, correction=0)  # the maximum-likelihood (biased) covariance
+        self.dist = torch.distributions.MultivariateNormal(x.mean(0), cov)
 
     def log_prob(self, x: Tensor) -> Tensor:
         return self.dist.log_prob(x.double()).to(x.dtype)
@@ -454,12 +455,20 @@ def support_fraction(samples: Tensor, reference: Tensor, calibration: Tensor,
 
 
 def eval_time(fn: Callable[[], object], repeats: int = 20) -> float:
-    """Median seconds of fn() after one warm-up call."""
+    """Median seconds of fn() after one warm-up call.
+
+    CUDA kernels run asynchronously: without a synchronisation before each reading of
+    the clock, the time would be that of launching them, not of running them.
+    """
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     fn()
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
