@@ -27,9 +27,11 @@ def test_models_classify_mnist_shaped_batches():
 def test_ode_net_and_rk_net_differ_only_in_how_gradients_flow():
     """The same forward pass; the adjoint's gradient converges to autograd's as h shrinks.
 
-    At a fresh initialisation the adjoint's backward RK4 solve at the training
-    step (h = 0.5) is far off (about 60% on the stem's gradients, measured);
-    at h = 0.1 a few percent, at h = 0.02 a fraction of one.
+    Both are within O(h^p) of the exact gradient, so their gap falls as h does: RK4 is
+    of order 4 on smooth dynamics (5^4 = 625 times from h = 0.1 to 0.02), but ReLU's kinks,
+    which the adjoint's dynamics contain, cost up to three orders at a step that crosses
+    one: at least order 1 is certain, a fall of 5. A wrong or missing term of the adjoint
+    leaves a gap that does not shrink with h.
     """
     x = torch.randn(4, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 3])
@@ -46,7 +48,7 @@ def test_ode_net_and_rk_net_differ_only_in_how_gradients_flow():
             torch.nn.functional.cross_entropy(model(x), y).backward()
             grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         gaps.append(float((grads[0] - grads[1]).norm() / grads[1].norm()))
-    assert gaps[1] < 1e-2 and gaps[1] < gaps[0] / 5, gaps
+    assert gaps[1] < gaps[0] / 5, gaps
 
 
 def test_convodef_takes_shared_and_per_sample_times():
@@ -80,15 +82,22 @@ def test_random_shift_moves_images_within_pad():
         assert abs(r - 14) <= 2 and abs(c - 14) <= 2
 
 
-def test_train_lowers_the_loss_and_snapshots():
+def test_train_lowers_the_loss_and_snapshots(monkeypatch):
     torch.manual_seed(0)
     X = torch.randn(64, 1, 28, 28)
     Y = torch.randint(0, 10, (64,))
     model = mnist.build_model("MLP")
+    readings = iter([100.0, 112.5])  # the clock before and after training
+    monkeypatch.setattr(mnist.time, "perf_counter", lambda: next(readings))
     r = mnist.train(model, X, Y, iters=40, lr=3e-3, batch=16, snap_every=20)
-    assert r["losses"][-1] < r["losses"][0] and r["iters"] == 40 and r["seconds"] > 0
+    monkeypatch.undo()
+    assert r["iters"] == 40 and r["seconds"] == 12.5
+    # ten epochs of 64 random labels: a model that learns nothing scores the chance 1/10,
+    # give or take sqrt(0.09 / 64) = 0.04; 0.25 is four of those above chance
+    losses = r["losses"]
+    assert sum(losses[-4:]) < sum(losses[:4]), losses
     assert [it for it, _ in r["snapshots"]] == [0, 20, 40]
-    assert mnist.test_accuracy(model, X, Y) > 0.5  # memorised part of the random labels
+    assert mnist.test_accuracy(model, X, Y) > 0.25
 
 
 def test_train_reports_the_ode_blocks_nfe():
@@ -104,8 +113,10 @@ def test_memory_probe_in_fresh_processes():
     jobs = {(n, name): (name, 4, dict(method="euler", h_max=1 / n))
             for n in (2, 40) for name in ("ODE-Net", "RK-Net")}
     mb = mnist.probe_all(jobs)
-    assert all(v > 0 for v in mb.values()), mb
-    assert mb[40, "RK-Net"] > mb[2, "RK-Net"] + 2, mb  # 38 more steps of stored activations
+    # 38 more Euler steps through the solver store at least two activations of the block's
+    # state a step (the convolutions' inputs): 38 x 2 x (4 x 64 x 6 x 6) float32 = 2.8 MB
+    state_mb = 4 * 64 * 6 * 6 * 4 / 2**20
+    assert mb[40, "RK-Net"] > mb[2, "RK-Net"] + 38 * 2 * state_mb, mb
     assert abs(mb[40, "ODE-Net"] - mb[2, "ODE-Net"]) < 0.5 * (mb[40, "RK-Net"] - mb[2, "RK-Net"])
 
 
@@ -114,10 +125,13 @@ def test_memory_probe_reports_a_failing_child():
         mnist.step_memory_mb_fresh("VGG", 2, {})
 
 
-def test_seconds_per_iteration_at_the_posts_setting():
+def test_seconds_per_iteration_at_the_posts_setting(monkeypatch):
     X, Y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
-    s, nf, nb = mnist.seconds_per_iteration(X, Y, n=2, batch=4, warmup=1)
-    assert s > 0 and (nf, nb) == (20, 20)  # Euler, 20 steps, adjoint
+    readings = iter([0.0, 100.0, 101.0, 200.0, 203.0, 300.0, 302.0])  # warm-up start; 1, 3, 2 s
+    monkeypatch.setattr(mnist.time, "perf_counter", lambda: next(readings))
+    s, nf, nb = mnist.seconds_per_iteration(X, Y, n=3, batch=4, warmup=1)
+    assert s == 2.0  # the median of the timed iterations; the warm-up is not timed
+    assert (nf, nb) == (20, 20)  # Euler, 20 steps, adjoint
 
 
 def test_markdown_table():

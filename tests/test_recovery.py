@@ -14,6 +14,10 @@ def _square(x):
     return x * x
 
 
+def _pid(_):
+    return os.getpid()
+
+
 def notebook_fn(x):  # stands for a function defined in a notebook cell
     return x + 1
 
@@ -56,6 +60,7 @@ def test_in_turn_says_so_and_keeps_order(capsys, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert recovery.run_jobs(_square, [3, 1, 2], "squares") == [9, 1, 4]
     assert "squares: 3 run(s), one job or one core: the runs go in turn" in capsys.readouterr().out
+    assert recovery.run_jobs(_pid, range(3), "pids") == [os.getpid()] * 3
 
 
 @pytest.mark.parametrize("system", ["linux", "darwin"])
@@ -66,6 +71,8 @@ def test_workers_give_the_results_in_order(capsys, two_cores, one_thread, system
     assert recovery.run_jobs(_square, range(5), "squares", system=system) == [0, 1, 4, 9, 16]
     out = capsys.readouterr().out
     assert ("forked" if system == "linux" else "spawned") in out
+    pids = recovery.run_jobs(_pid, range(4), "pids", system=system)  # and they did run there
+    assert os.getpid() not in pids, pids
 
 
 def test_one_thread_on_cpu_only(one_thread):
