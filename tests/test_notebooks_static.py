@@ -2,14 +2,24 @@
 
 Static checks of the saved files, no kernel: short code cells, the project kernel's
 kernelspec (so opening a notebook in JupyterLab leaves `git status` clean), no
-widget state, no blank stderr outputs, and prose that quotes only numbers the
-outputs print. `scripts/run_notebooks.py` writes notebooks that pass the first four;
-`scripts/normalize_notebooks.py` fixes the kernelspec alone.
+widget state, no blank stderr outputs, and prose whose numbers a rerun cannot
+contradict. `scripts/run_notebooks.py` and JupyterLab's pre-save hook (`make lab`)
+write notebooks that pass the first four; `scripts/normalize_notebooks.py` cleans
+a notebook saved another way.
+
+What is checked is what is committed: a user who ran the notebooks (`make run`) or
+saved one from JupyterLab has a working copy with their own outputs, which these
+tests read from `git show HEAD:<path>` instead (a warning says so). Set
+NODE_CHECK_WORKTREE=1 to check the working copy, as before committing a new run.
 """
 
+import functools
 import json
+import os
 import re
+import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -24,8 +34,48 @@ WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json",
                 "application/vnd.jupyter.widget-state+json")
 
 
-def load(path):
-    return json.loads(path.read_text(encoding="utf-8"))
+def committed_text(root: Path, rel: str) -> tuple[str, bool]:
+    """(the file's text as committed, whether that is HEAD's rather than the working
+    copy's). HEAD's when the working copy differs from it and NODE_CHECK_WORKTREE is
+    not 1; the working copy's outside a git checkout or for a file not yet committed."""
+    if os.environ.get("NODE_CHECK_WORKTREE") != "1":
+        def git(*args):
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  text=True)
+        try:
+            if git("diff", "--quiet", "HEAD", "--", rel).returncode == 1:
+                head = git("show", f"HEAD:{rel}")
+                if head.returncode == 0:
+                    return head.stdout, True
+        except OSError:  # no git
+            pass
+    return (root / rel).read_text(encoding="utf-8"), False
+
+
+@functools.cache
+def load(path: Path) -> dict:
+    rel = path.relative_to(ROOT).as_posix()
+    raw, from_head = committed_text(ROOT, rel)
+    if from_head:
+        warnings.warn(f"{rel} differs from HEAD (run or saved here): checking the committed "
+                      "version; NODE_CHECK_WORKTREE=1 checks the working copy", stacklevel=2)
+    return json.loads(raw)
+
+
+def test_a_run_or_saved_notebook_is_checked_as_committed(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "nb.ipynb").write_text("committed")
+    git("add", "nb.ipynb")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    assert committed_text(tmp_path, "nb.ipynb") == ("committed", False)
+    (tmp_path / "nb.ipynb").write_text("run here")
+    (tmp_path / "new.ipynb").write_text("not committed yet")
+    assert committed_text(tmp_path, "nb.ipynb") == ("committed", True)
+    assert committed_text(tmp_path, "new.ipynb") == ("not committed yet", False)
+    monkeypatch.setenv("NODE_CHECK_WORKTREE", "1")
+    assert committed_text(tmp_path, "nb.ipynb") == ("run here", False)
 
 
 def text(value) -> str:
