@@ -30,7 +30,8 @@ from cnf import (
 F64 = torch.float64
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread
+# tiny models: one thread; thresholds on floating-point results (make test runs them twice)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerical]
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 # The adjoint and autograd through the solver each reach the exact gradient to about
 # 10 x steps x rtol (test_odecore's SEMINORM_ERROR_MULTIPLE; tens of steps here): 1e-6 is

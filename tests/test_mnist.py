@@ -6,7 +6,8 @@ import torch
 import mnist
 import odecore
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread
+# tiny models: one thread; thresholds on floating-point results (make test runs them twice)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerical]
 
 
 def test_parameter_counts_match_table_1():

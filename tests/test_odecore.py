@@ -28,6 +28,7 @@ from odecore import (
     tolerance_sweep,
 )
 
+pytestmark = pytest.mark.numerical  # make test runs these twice, on two kernel paths
 ROOT = Path(__file__).resolve().parents[1]
 A_TRUE = [[-0.1, -1.0], [1.0, -0.1]]
 

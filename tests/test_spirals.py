@@ -11,6 +11,7 @@ import nbutils
 import spirals as S
 from odecore import LinearODEF, odeint
 
+pytestmark = pytest.mark.numerical  # make test runs these twice, on two kernel paths
 SMALL = S.SpiralConfig(n_spirals=40, n_test=10, n_points=60, t_max=6.0, seed=3)
 PAPER_SMALL = S.PaperSpiralConfig(n_windows=60, n_test=20, n_total=120, window=30, horizon=20,
                                   seed=5)
