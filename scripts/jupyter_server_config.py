@@ -8,6 +8,7 @@ when its cells or outputs changed, and `make test` stays green.
 """
 
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -15,3 +16,6 @@ from normalize_notebooks import pre_save_hook  # noqa: E402
 
 c = get_config()  # noqa: F821 (traitlets provides it to config files)
 c.ContentsManager.pre_save_hook = pre_save_hook
+# JupyterLab applies the server's config twice, and the second time the contents
+# manager warns that it overrides its pre-save hook, with the very same function.
+warnings.filterwarnings("ignore", message=r"Overriding existing pre_save_hook \(pre_save_hook\)")
