@@ -24,7 +24,7 @@ from torch import Tensor
 __all__ = [
     "REPO_ROOT", "BUDGETS", "get_device", "get_budget", "data_root", "output_dir",
     "seed_everything", "start_method", "worker_pool", "cpu_name", "progress", "progress_mode",
-    "peak_memory_mb", "run_summary", "RECORDS", "save_record", "load_record",
+    "peak_memory_mb", "run_summary", "markdown", "RECORDS", "save_record", "load_record",
     "plot_trajectories", "figure_to_image", "save_gif",
 ]
 
@@ -318,6 +318,27 @@ def run_summary(start: float, budget: str, device: torch.device | str) -> str:
     if hasattr(os, "getloadavg"):
         wall += f"; load average over the last 15 minutes {os.getloadavg()[2]:.1f}"
     return "\n".join(lines + [wall])
+
+
+def markdown(text: str) -> None:
+    """Show `text` as Markdown in the notebook, under the cell that computed its numbers.
+
+    The notebooks' static prose says only what holds from run to run and machine to
+    machine; a sentence that quotes this run's numbers is written by the run through
+    this, so it always quotes the numbers printed above it. Outside IPython: printed.
+    """
+    import textwrap
+
+    text = textwrap.dedent(text).strip()
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display(Markdown(text))
+    else:
+        print(text)
 
 
 RECORDS = REPO_ROOT / "results"
