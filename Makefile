@@ -2,6 +2,8 @@
 # make test : ruff, unit tests and the notebooks under nbval (NODE_BUDGET=smoke)
 # make lab  : JupyterLab on the repository, opened on notebooks/, with the project's kernel
 # make bench: odecore against torchdiffeq (benchmarks/results.md)
+# make gpu-check: on a CUDA machine, the CUDA tests, the notebooks (smoke) and a timed quick
+#                 run of notebook 02 on the GPU, with a report (scripts/gpu_check.py)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -23,7 +25,7 @@ ATEN_CPU_CAPABILITY ?= avx2
 export ATEN_CPU_CAPABILITY
 endif
 
-.PHONY: venv run test lab bench clean
+.PHONY: venv run test lab bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -62,6 +64,9 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) benchmarks/bench.py --threads 1
+
+gpu-check: $(STAMP)
+	PYTHON=$(PY) bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV)

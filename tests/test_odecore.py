@@ -674,6 +674,7 @@ def test_bad_options():
                max_steps=1000)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_path_and_device_mismatch():
     func = LinearODEF(torch.tensor(A_TRUE)).cuda()
