@@ -49,8 +49,8 @@ def test_paper_windows_shape_balance_noise_and_split():
     cfg = S.PaperSpiralConfig()
     train, test = S.make_paper_spirals(cfg)
     assert (len(train), len(test)) == (800, 200)
-    assert train.x.shape == (100, 800, 2) and test.x.shape == (200, 200, 2)
-    assert test.t.shape == (200,) and float(train.t[0]) == 0.0 and train.train_points == 100
+    assert train.x.shape == (200, 800, 2) and test.x.shape == (200, 200, 2)
+    assert test.t.shape == (200,) and float(train.t[0]) == 0.0 and train.train_points == 200
     # directions: each with probability 1/2 (binomial: 1000 draws, within 4 sd of 500)
     n_ccw = int(train.ccw.sum()) + int(test.ccw.sum())
     assert abs(n_ccw - 500) < 4 * math.sqrt(250)
@@ -59,12 +59,16 @@ def test_paper_windows_shape_balance_noise_and_split():
     # standard deviation are 0.3/sqrt(N) = 6e-4 and 0.3/sqrt(2N) = 4e-4: 0.005 is 8 or more
     noise = torch.cat([(train.x - train.x_true).flatten(), (test.x - test.x_true).flatten()])
     assert abs(float(noise.std()) - 0.3) < 0.005 and abs(float(noise.mean())) < 0.005
-    # room on both sides: 100 points before each window; training windows end anywhere up to
-    # the last point, held-out ones leave 100 more points to extrapolate to
-    assert int(train.start.min()) >= 100 and 490 < int(train.start.max()) + 100 <= 500
-    assert int(test.start.min()) >= 100 and int(test.start.max()) + 200 <= 500
-    # 800 starts drawn from 300 values: 300 (1 - e^(-8/3)) = 279 distinct expected, SD ~4
-    assert len(set(train.start.tolist())) > 250
+    # room on both sides: 100 points before each window, and the window and the 100 points
+    # after it (the extrapolation score's, and a training loss's) inside the 500
+    for part in (train, test):
+        assert int(part.start.min()) >= 100 and 490 < int(part.start.max()) + 200 <= 500
+    # 800 starts drawn from 201 values: 201 (1 - e^(-800/201)) = 197 distinct expected, SD ~2
+    assert len(set(train.start.tolist())) > 185
+    # the splits share the curves, never a noisy point (no held-out (x1, x2) among training's:
+    # each point's two float32s read as one 64-bit integer)
+    as_int = lambda x: x.contiguous().view(torch.int64).flatten()
+    assert not torch.isin(as_int(test.x), as_int(train.x)).any()
     # every window is a stretch of its spiral
     curves, _ = S.paper_spiral_curves(cfg)
     j = 7
@@ -146,13 +150,74 @@ def test_observed_positions_keep_the_first_are_sorted_and_distinct():
 def test_training_batches_stay_inside_the_training_points(paper_small, small):
     train, _ = paper_small
     g = torch.Generator().manual_seed(1)
-    b = S.sample_batch(train, 16, 7, window=30, g=g)
-    assert b.t_grid.shape == (30, 16, 1) and b.x_obs.shape == (7, 16, 2)
-    assert train.x.shape[0] == 30 and torch.equal(b.x_grid, train.x[:, b.sample])
+    assert train.x.shape[0] == train.train_points == 50  # a window of 30 and 20 after it
+    b = S.sample_batch(train, 16, 7, window=30, g=g, horizon=20)
+    assert b.t_grid.shape == (50, 16, 1) and b.x_obs.shape == (7, 16, 2)
+    assert torch.equal(b.x_grid, train.x[:, b.sample])
+    assert int(b.idx.max()) < 30  # observed only inside the window
+    b = S.sample_batch(train, 16, 7, window=30, g=g)  # no horizon: the window slides
+    assert b.t_grid.shape == (30, 16, 1) and len(set(b.t_grid[0, :, 0].tolist())) > 1
     post_train, _ = small
     b = S.sample_batch(post_train, 16, 5, window=20, g=g)
     assert torch.equal(b.t_obs, S.gather_time(b.t_grid, b.idx))
     assert len(set(b.t_grid[0, :, 0].tolist())) > 1  # the post's: windows start anywhere
+    with pytest.raises(ValueError, match="too few"):
+        S.sample_batch(train, 4, 5, window=30, horizon=21)
+
+
+def test_training_targets_are_the_observed_points_then_those_after_the_window(paper_small):
+    train, _ = paper_small
+    b = S.sample_batch(train, 6, 5, window=30, g=torch.Generator().manual_seed(2), horizon=20)
+    pos = S.training_targets(b, 20)
+    assert pos.shape == (25, 6)
+    assert torch.equal(pos[:5], b.idx)
+    assert torch.equal(pos[5:], torch.arange(30, 50)[:, None].expand(20, 6))
+    assert torch.equal(S.training_targets(b, 0), b.idx)
+    with pytest.raises(ValueError, match="too few"):
+        S.training_targets(b, 21)
+
+
+def test_the_horizon_loss_scores_the_points_after_the_window(paper_small, one_thread):
+    # change only the points after each training window: a loss that scores them sees it,
+    # one that does not is unchanged to the bit
+    train, _ = paper_small
+    moved = dataclasses.replace(train, x=train.x.clone())
+    moved.x[30:] += 1.0
+    cfg = S.TrainConfig(iters=3, batch_size=8, window=30, n_obs=(5,), horizon=20)
+    loss = lambda data, c: S.train_new("Latent ODE", TINY, data, c, 0, "cpu")[1]["loss"]
+    assert loss(train, cfg) != loss(moved, cfg)
+    no_h = dataclasses.replace(cfg, horizon=0)
+    assert loss(train, no_h) != loss(train, cfg)
+    assert loss(dataclasses.replace(train, train_points=30), no_h) == loss(
+        dataclasses.replace(moved, train_points=30), no_h)
+
+
+def test_heldout_windows_never_reach_training(paper_small, one_thread):
+    # poison the held-out split: a held-out value that reached a training loss would change
+    # it; the monitor, which does read held-out windows, must change nothing
+    train, test = paper_small
+    poisoned = dataclasses.replace(test, x=torch.full_like(test.x, 1e4))
+    b = S.heldout_batch(poisoned, 10, 30, 20)
+    cfg = S.TrainConfig(iters=6, batch_size=8, window=30, n_obs=(5,), horizon=20, frame_every=2)
+    _, h = S.train_new("Latent ODE", TINY, train, cfg, 0, "cpu", b)
+    _, clean = S.train_new("Latent ODE", TINY, train, cfg, 0, "cpu")
+    assert h["loss"] == clean["loss"] and all(e > 1 for _, e in h["monitor"])
+
+
+def test_max_abs_leaves_out_the_heavy_training_samples(small, monkeypatch, one_thread):
+    train, _ = small
+    big = train.x.abs().amax((0, 2))
+    limit = float(big.median())
+    seen = []
+    real = S.sample_batch
+    monkeypatch.setattr(S, "sample_batch", lambda data, *a, **k: (
+        seen.append(data), real(data, *a, **k))[1])
+    cfg = S.TrainConfig(iters=2, batch_size=8, window=20, n_obs=(5,), max_abs=limit)
+    S.train_new("RNN", TINY, train, cfg, 0, "cpu")
+    kept = seen[0]
+    assert len(kept) == int((big <= limit).sum()) < len(train)
+    assert float(kept.x.abs().max()) <= limit
+    assert torch.equal(kept.W, train.W[big <= limit]) and torch.equal(kept.t, train.t)
 
 
 def test_scored_positions_interpolation_and_extrapolation():
@@ -392,13 +457,125 @@ def test_dimension_sweeps_vary_one_dimension_at_a_time(paper_small):
     model = S.new_model("Latent ODE", TINY, 0, "cpu")
     b = S.heldout_batch(test, 10, 30, 20)
     codes = model.code(b.x_obs, b.t_obs)
-    values, L, x = S.dimension_sweeps(model, codes, b.t_grid[:, :1], n=5)
+    centre = codes[test.ccw].mean(0)
+    values, turns, x = S.dimension_sweeps(model, codes, b.t_grid[:, :1], n=5, centre=centre)
     D = TINY.latent_dim
-    assert values.shape == (D, 5) and L.shape == (D, 5) and x.shape == (D, 50, 5, 2)
+    assert values.shape == (D, 5) and turns.shape == (D, 5) and x.shape == (D, 50, 5, 2)
     assert torch.allclose(values[:, 0], codes.min(0).values)
     assert torch.allclose(values[:, -1], codes.max(0).values)
-    z = codes.mean(0, keepdim=True).clone()
+    z = centre[None].clone()
     z[0, 1] = values[1, 3]
     with torch.no_grad():
         one = model.decode(z, b.t_grid[:, :1])
     assert torch.allclose(x[1, :, 3], one[:, 0], atol=1e-6)
+    assert torch.allclose(turns[1, 3], S.winding_angle(one)[0], atol=1e-6)
+
+
+def test_winding_angle_counts_turns_and_ignores_straight_paths():
+    th = torch.linspace(0, 4 * math.pi, 401, dtype=torch.float64)
+    circle = torch.stack([torch.cos(th), torch.sin(th)], -1)[:, None]
+    # two turns, sampled 200 times a turn: the chords turn by exactly the sampled angle,
+    # and the first and last half-step are lost: 2 (1 - 1/400) turns
+    assert math.isclose(float(S.winding_angle(circle)), 2 * (1 - 1 / 400), rel_tol=1e-9)
+    assert math.isclose(float(S.winding_angle(circle.flip(-1))), -2 * (1 - 1 / 400),
+                        rel_tol=1e-9)
+    s = torch.linspace(0, 1, 50, dtype=torch.float64) ** 2  # uneven speed, far from the origin
+    line = torch.stack([5 + 3 * s, -2 + s], -1)[:, None]
+    assert float(S.winding_angle(line).abs()) < 1e-12
+    # a long, fast, nearly straight arc (radius 200, a tenth of a radian in unit time) has
+    # more angular momentum about its mean than a small circle turning twice: its winding
+    # says what it is, 0.1 / (2 pi) of a turn
+    t = torch.linspace(0, 1, 401, dtype=torch.float64)
+    arc = 200 * torch.stack([torch.cos(0.1 * t), torch.sin(0.1 * t)], -1)[:, None]
+    small = 0.3 * circle
+    assert float(S.angular_momentum(arc, t)) > float(S.angular_momentum(small, t)) > 0
+    assert math.isclose(float(S.winding_angle(arc)), 0.1 / (2 * math.pi) * (1 - 1 / 400),
+                        rel_tol=1e-6)
+
+
+def test_known_curves_predictor_is_exact_on_clean_windows_and_limited_by_noise():
+    cfg = S.PaperSpiralConfig()
+    _, test = S.make_paper_spirals(cfg)
+    clean = dataclasses.replace(test, x=test.x_true)
+    b = S.heldout_batch(clean, 30)
+    assert S.score(S.known_curves_predict(b, cfg), b)["extrapolation"] < 1e-5
+    b = S.heldout_batch(test, 30)
+    noisy = S.score(S.known_curves_predict(b, cfg), b)["extrapolation"]
+    # with noise 0.3 it must still beat the trivial predictor by far, and be above 0
+    assert 0 < noisy < 0.1 * S.score(S.trivial_predict(b), b)["extrapolation"]
+
+
+def test_rate_error_costs_extrapolation_and_zero_error_costs_nothing(small):
+    _, test = small
+    b = S.heldout_batch(test, 10, 20, 20)
+    cost = S.rate_error_rmse(test, b, (0.0, 0.05, 0.2))
+    assert cost[0.0] < 1e-5 < cost[0.05] < cost[0.2]
+    with pytest.raises(ValueError, match="dynamics"):
+        S.rate_error_rmse(dataclasses.replace(test, W=None), b)
+
+
+def test_solver_check_compares_with_dopri5_and_restores_the_solver(paper_small):
+    _, test = paper_small
+    b = S.heldout_batch(test, 10, 30, 20)
+    fine = dataclasses.replace(TINY, method="rk4", h_max=0.01)
+    model = S.new_model("Latent ODE", fine, 0, "cpu")
+    before = model.ode
+    out = S.solver_check(model, b)
+    assert model.ode is before and out["nfe"] > 0
+    # RK4 at h = 0.01 on a smooth field is far inside dopri5's rtol 1e-6
+    assert out["relative difference"] < 1e-4
+    coarse = S.new_model("Latent ODE", dataclasses.replace(TINY, h_max=2.0), 0, "cpu")
+    assert S.solver_check(coarse, b)["relative difference"] > out["relative difference"]
+
+
+def test_heavy_tail_and_window_mean_separability(small, paper_small):
+    train, test = small
+    tail = S.heavy_tail(train, 30)
+    energy = (train.x_true[:30] ** 2).sum((0, 2))
+    assert math.isclose(tail["top1_share"], float(energy.max() / energy.sum()), rel_tol=1e-6)
+    assert torch.equal(tail["max_abs"], train.x_true[:30].abs().amax((0, 2)))
+    ptrain, ptest = paper_small  # the two directions sit at x1 = -5 and +5
+    assert S.window_mean_separability(ptrain, ptest, 30) == 1.0
+
+
+def test_warm_start_solves_with_euler_then_with_the_models_own_solver(paper_small, monkeypatch,
+                                                                       one_thread):
+    train, _ = paper_small
+    used = []
+    real = S.NeuralODE.forward
+
+    def spy(self, *args, **kwargs):  # note which solver each decoding used
+        used.append(self.opts["method"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(S.NeuralODE, "forward", spy)
+    model = S.new_model("Latent ODE", dataclasses.replace(TINY, method="rk4"), 0, "cpu")
+    own = model.ode
+    cfg = S.TrainConfig(iters=5, batch_size=4, window=30, n_obs=(5,), warm_method="euler",
+                        warm_frac=0.6)
+    S.train_model(model, train, cfg)
+    assert model.ode is own and own.opts["method"] == "rk4"
+    assert used == ["euler"] * 3 + ["rk4"] * 2, used  # int(0.6 * 5) = 3 warm iterations
+    used.clear()
+    rnn = S.new_model("RNN", TINY, 0, "cpu")  # no ODE: nothing to warm
+    S.train_model(rnn, train, cfg)
+    assert used == []
+
+
+def test_normalised_models_are_scale_equivariant(small):
+    # linear dynamics do not care about scale: a normalised model's prediction from c x is
+    # c times its prediction from x, and its code is the same (both models)
+    _, test = small
+    b = S.heldout_batch(test, 8, 20, 20)
+    for kind in ("Latent ODE", "RNN"):
+        model = S.new_model(kind, dataclasses.replace(TINY, normalise=True), 0, "cpu")
+        p1 = model.predict(b.x_obs, b.t_obs, b.t_grid)
+        p3 = model.predict(3.0 * b.x_obs, b.t_obs, b.t_grid)
+        assert torch.allclose(p3, 3.0 * p1, rtol=1e-5, atol=1e-6), kind
+        assert torch.allclose(model.code(3.0 * b.x_obs, b.t_obs), model.code(b.x_obs, b.t_obs),
+                              atol=1e-6)
+        scale = S.window_scale(b.x_obs)
+        assert torch.allclose(scale[0, :, 0], b.x_obs.pow(2).mean((0, 2)).sqrt())
+        plain = S.new_model(kind, TINY, 0, "cpu")  # without: not equivariant
+        assert not torch.allclose(plain.predict(3.0 * b.x_obs, b.t_obs, b.t_grid),
+                                  3.0 * plain.predict(b.x_obs, b.t_obs, b.t_grid), atol=1e-3)
