@@ -2,6 +2,7 @@
 # make test : ruff, unit tests and the notebooks under nbval (NODE_BUDGET=smoke)
 # make lab  : JupyterLab on the repository, opened on notebooks/, with the project's kernel
 # make bench: odecore against torchdiffeq (benchmarks/results.md)
+# make bench-example: the authors' latent ODE example on Table 2's protocol (results/03_authors_example-*)
 # make gpu-check: on a CUDA machine, the CUDA tests, the notebooks (smoke) and a timed quick
 #                 run of notebook 02 on the GPU, with a report (scripts/gpu_check.py)
 SHELL := /bin/bash
@@ -25,7 +26,7 @@ ATEN_CPU_CAPABILITY ?= avx2
 export ATEN_CPU_CAPABILITY
 endif
 
-.PHONY: venv run test lab bench gpu-check clean
+.PHONY: venv run test lab bench bench-example gpu-check clean
 
 venv: $(STAMP)
 
@@ -64,6 +65,10 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) benchmarks/bench.py --threads 1
+
+bench-example: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) benchmarks/latent_ode_example.py
 
 gpu-check: $(STAMP)
 	PYTHON=$(PY) bash scripts/gpu_check.sh
