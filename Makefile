@@ -2,7 +2,7 @@
 # make test : ruff, unit tests and the notebooks under nbval (NODE_BUDGET=smoke)
 # make lab  : JupyterLab on the repository, opened on notebooks/, with the project's kernel
 # make bench: odecore against torchdiffeq (benchmarks/results.md)
-# make bench-example: the authors' latent ODE example on Table 2's protocol (results/03_authors_example-*)
+# make bench-example: the authors' latent ODE example, scored on notebook 03's protocol
 # make gpu-check: on a CUDA machine, the CUDA tests, the notebooks (smoke) and a timed quick
 #                 run of notebook 02 on the GPU, with a report (scripts/gpu_check.py)
 SHELL := /bin/bash

@@ -34,7 +34,7 @@ first 100 points irregularly, and scores interpolation and the 100 points
 after the last observation against the noise-free truth. The example's RNN
 reads only the observations, not their times, as published. k = 100 is also
 the example's own reading (every point, in order). The record goes to
-`results/03_authors_example-published.json` (`--out` to write elsewhere).
+`results/03_latent_ode_vae-authors_example.json` (`--out` to write elsewhere).
 """
 
 from __future__ import annotations
@@ -233,9 +233,9 @@ def train_windows(data: S.SpiralData, cfg: S.PaperSpiralConfig) -> dict:
 def write_record(numbers: dict, out: str | None) -> Path:
     """`nbutils.save_record`, or the same record at `out` (a smoke run keeps the real one)."""
     if out is None:
-        return nbutils.save_record("03_authors_example", "published", numbers, "cpu")
+        return nbutils.save_record("03_latent_ode_vae", "authors_example", numbers, "cpu")
     with tempfile.TemporaryDirectory() as tmp, mock.patch.object(nbutils, "RECORDS", Path(tmp)):
-        made = nbutils.save_record("03_authors_example", "published", numbers, "cpu")
+        made = nbutils.save_record("03_latent_ode_vae", "authors_example", numbers, "cpu")
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(made, out)
     return Path(out)
