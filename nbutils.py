@@ -344,18 +344,21 @@ def markdown(text: str) -> None:
 RECORDS = REPO_ROOT / "results"
 
 
-def save_record(notebook: str, budget: str, numbers: dict, device: torch.device | str) -> Path:
+def save_record(notebook: str, budget: str, numbers: dict, device: torch.device | str,
+                directory: Path | None = None) -> Path:
     """Keep a run's headline numbers in git (`results/NOTEBOOK-BUDGET.json`).
 
     The notebooks are committed with a `quick` run's outputs, and their prose may
     quote only numbers that the outputs print; a `full` run's numbers reach the
     committed notebook through this record, which its `quick` run loads and prints.
+    `directory` (default `results/`) lets a trial run keep its record elsewhere.
     """
     import datetime
     import json
 
-    RECORDS.mkdir(exist_ok=True)
-    path = RECORDS / f"{notebook}-{budget}.json"
+    directory = RECORDS if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{notebook}-{budget}.json"
     record = {"notebook": notebook, "budget": budget,
               "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
               "device": str(device), "cpu": cpu_name(), "torch": torch.__version__,

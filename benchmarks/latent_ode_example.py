@@ -34,7 +34,7 @@ first 100 points irregularly, and scores interpolation and the 100 points
 after the last observation against the noise-free truth. The example's RNN
 reads only the observations, not their times, as published. k = 100 is also
 the example's own reading (every point, in order). The record goes to
-`results/03_latent_ode_vae-authors_example.json` (`--out` to write elsewhere).
+`results/03_latent_ode_vae-authors_example.json` (`--out DIR` to write it in DIR instead).
 """
 
 from __future__ import annotations
@@ -42,13 +42,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torchdiffeq
@@ -230,23 +227,12 @@ def train_windows(data: S.SpiralData, cfg: S.PaperSpiralConfig) -> dict:
             "spirals_cache_key": cfg.key()}
 
 
-def write_record(numbers: dict, out: str | None) -> Path:
-    """`nbutils.save_record`, or the same record at `out` (a smoke run keeps the real one)."""
-    if out is None:
-        return nbutils.save_record("03_latent_ode_vae", "authors_example", numbers, "cpu")
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(nbutils, "RECORDS", Path(tmp)):
-        made = nbutils.save_record("03_latent_ode_vae", "authors_example", numbers, "cpu")
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(made, out)
-    return Path(out)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=ITERS)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None,
-                        help="write the record here instead of results/ (for smoke runs)")
+    parser.add_argument("--out", default=None, type=Path,
+                        help="a folder for the record instead of results/ (for smoke runs)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, torchdiffeq {torchdiffeq.__version__}, CPU kernels "
@@ -284,7 +270,8 @@ def main() -> None:
             print(f"k={k:>3}  {name:17s}  interpolation {r['interpolation']:.4f}  "
                   f"extrapolation {r['extrapolation']:.4f}")
     print("k=100 extrapolation by direction:", numbers["extrapolation_by_direction_k100"])
-    print(f"wrote {write_record(numbers, args.out)}", flush=True)
+    path = nbutils.save_record("03_latent_ode_vae", "authors_example", numbers, "cpu", args.out)
+    print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":

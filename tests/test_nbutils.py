@@ -186,6 +186,9 @@ def test_record_round_trip(monkeypatch, tmp_path):
     record = nbutils.load_record("03_demo", "full")
     assert record["numbers"] == {"rmse": {"30": 0.25}}
     assert record["budget"] == "full" and record["device"] == "cpu" and record["date"]
+    elsewhere = nbutils.save_record("03_demo", "trial", {"x": 1}, "cpu", tmp_path / "trial")
+    assert elsewhere == tmp_path / "trial" / "03_demo-trial.json" and elsewhere.exists()
+    assert nbutils.load_record("03_demo", "trial") is None  # results/ untouched
 
 
 def test_committed_records_are_well_formed():
