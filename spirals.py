@@ -926,19 +926,10 @@ def known_curves_predict(b: Batch, cfg: PaperSpiralConfig = PaperSpiralConfig())
     curves = paper_spiral_curves(cfg)[0].to(b.x_obs.device, b.x_obs.dtype)  # (2, N, 2)
     G, n = b.t_grid.shape[0], b.x_obs.shape[1]
     starts = torch.arange(curves.shape[1] - G + 1, device=b.x_obs.device)    # (S,)
-    best, pick = None, None
-    for d in range(2):
-        pts = curves[d][starts[:, None, None] + b.idx[None]]                  # (S, k, n, 2)
-        sse = ((pts - b.x_obs[None]) ** 2).sum((1, 3))                         # (S, n)
-        val, arg = sse.min(0)
-        if best is None:
-            best, pick = val, torch.stack([torch.zeros_like(arg), arg])
-        else:
-            better = val < best
-            best = torch.where(better, val, best)
-            pick = torch.where(better[None], torch.stack([torch.ones_like(arg), arg]), pick)
-    pos = pick[1][None] + torch.arange(G, device=b.x_obs.device)[:, None]     # (G, n)
-    return curves[pick[0][None].expand(G, n), pos]
+    pts = curves[:, starts[:, None, None] + b.idx[None]]                      # (2, S, k, n, 2)
+    best = ((pts - b.x_obs) ** 2).sum((2, 4)).reshape(-1, n).argmin(0)       # over (d, start)
+    d, start = best // len(starts), best % len(starts)
+    return curves[d[None].expand(G, n), start[None] + torch.arange(G, device=d.device)[:, None]]
 
 
 REFERENCES = {"trivial": trivial_predict, "origin": origin_predict,
