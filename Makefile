@@ -64,7 +64,7 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) benchmarks/bench.py --threads 1
+	PYTHONPATH=tests $(PY) benchmarks/bench.py --threads 1
 
 bench-example: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-dev.txt

@@ -22,27 +22,59 @@ records a graph, as `ODEF.forward_with_grad` does in the adjoint's backward pass
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nbutils import worker_pool
 from odecore import ODEF, NeuralODE
 
 __all__ = [
-    "ENERGIES", "energy_normalizer", "make_data", "DATASETS", "standard_normal_logprob",
+    "Settings", "settings", "ENERGIES", "energy_normalizer", "make_data", "DATASETS",
+    "standard_normal_logprob",
     "PlanarFlow", "PlanarField", "MLPField", "CNFODEF", "CNF", "GaussianBaseline",
     "kl_loss", "train_density_matching", "train_max_likelihood", "nll", "trace_exact",
-    "hutchinson_probes", "support_fraction", "eval_time", "grid_points", "in_parallel",
+    "hutchinson_probes", "support_fraction", "grid_points",
     "make_model", "with_tolerance", "fit_density_matching", "fit_max_likelihood", "load_model",
 ]
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One budget of notebook 05: training steps and model sizes of the fits, data and
+    evaluation sizes (histograms, density grids, probes), and the GIF's frames."""
+
+    dm_steps: int = 250
+    dm_sizes: tuple[int, ...] = (2, 8, 32)
+    ml_steps: int = 500
+    n_train: int = 20000
+    n_test: int = 5000
+    hist: int = 20000
+    grid: int = 80
+    dims: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+    probes: int = 10000
+    gif_frames: int = 12
+
+
+def settings(budget: str) -> Settings:
+    """smoke: everything once, in seconds; quick: the committed run; full: the paper's
+    scale of training and evaluation."""
+    table = {
+        "smoke": Settings(dm_steps=15, dm_sizes=(2, 8), ml_steps=10, n_train=2000, n_test=500,
+                          hist=2000, grid=40, dims=(2, 8), probes=500, gif_frames=4),
+        "quick": Settings(),
+        "full": Settings(dm_steps=10000, ml_steps=10000, n_train=100000, n_test=20000,
+                         hist=100000, grid=200, probes=100000, gif_frames=60),
+    }
+    if budget not in table:
+        raise ValueError(f"unknown budget {budget!r}; use one of {', '.join(table)}")
+    return table[budget]
 _SHIFT = math.log(math.e - 1)  # softplus(_SHIFT) = 1
 
 
@@ -381,8 +413,7 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
 
 
 def train_density_matching(model: nn.Module, energy: Callable[[Tensor], Tensor],
-                           steps: int, batch: int = 128, lr: float = 1e-2,
-                           progress: Callable | None = None) -> list[float]:
+                           steps: int, batch: int = 128, lr: float = 1e-2) -> list[float]:
     """Adam on the reverse KL; the losses per step (nats, up to log Z)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
@@ -395,14 +426,11 @@ def train_density_matching(model: nn.Module, energy: Callable[[Tensor], Tensor],
         nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(1)
     return losses
 
 
 def train_max_likelihood(model: nn.Module, data: Tensor, steps: int, batch: int = 256,
-                         lr: float = 1e-2, seed: int = 0,
-                         progress: Callable | None = None) -> dict[str, list]:
+                         lr: float = 1e-2, seed: int = 0) -> dict[str, list]:
     """Adam on the NLL of mini-batches; per step: loss, and NFE forward/backward for a CNF."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -420,8 +448,6 @@ def train_max_likelihood(model: nn.Module, data: Tensor, steps: int, batch: int 
         if isinstance(model, CNF):
             hist["nfe_f"].append(model.ode.nfe_forward)
             hist["nfe_b"].append(model.ode.nfe_backward)
-        if progress is not None:
-            progress(1)
     return hist
 
 
@@ -454,55 +480,8 @@ def support_fraction(samples: Tensor, reference: Tensor, calibration: Tensor,
     return float((d <= r).float().mean()), r
 
 
-def eval_time(fn: Callable[[], object], repeats: int = 20) -> float:
-    """Median seconds of fn() after one warm-up call.
-
-    CUDA kernels run asynchronously: without a synchronisation before each reading of
-    the clock, the time would be that of launching them, not of running them.
-    """
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def in_parallel(fn: Callable, jobs: list, progress: Callable | None = None,
-                workers: int | None = None) -> list:
-    """fn(job) for each job, in single-threaded workers, one per core (up to 4).
-
-    The fits are independent and use one torch thread each, so two cores finish them in
-    about half the time. `nbutils.start_method` picks fork on Linux (safe only when the
-    parent runs one torch thread: the notebook sets it) and spawn on macOS and Windows;
-    where neither is safe the jobs run in turn.
-    """
-    workers = workers or min(os.cpu_count() or 1, len(jobs), 4)
-    pool = worker_pool(workers, fn)
-    if pool is None:
-        out = []
-        for job in jobs:
-            out.append(fn(job))
-            if progress is not None:
-                progress(1)
-        return out
-    with pool:
-        futures = [pool.submit(fn, job) for job in jobs]
-        out = []
-        for fut in futures:
-            out.append(fut.result())
-            if progress is not None:
-                progress(1)
-        return out
-
-
 # ---------------------------------------------------------------------------
-# 7. One fit per job, for `in_parallel` (the notebook's experiments)
+# 7. One fit per job, for `workers.run` (the notebook's experiments)
 # ---------------------------------------------------------------------------
 def make_model(kind: str, size: int, dim: int = 2, trace: str = "exact",
                rtol: float = 1e-5, atol: float = 1e-5) -> nn.Module:

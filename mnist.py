@@ -1,48 +1,82 @@
 """mnist: notebook 02's MNIST models, data and measurements.
 
-The post's `ConvODEF` and the four classifiers of the paper's Table 1
-(ODE-Net, RK-Net, ResNet, MLP), MNIST as in-memory tensors, the training loop,
-and the measurements around them (the memory of one training step in a fresh
-process, the time of one training iteration).
-Notebook 02 tells the story and calls these; `benchmarks/bench.py` and the
-tests import `ConvODEF` from here.
-
-    python -m mnist --memory-probe '{"name": "ODE-Net", "batch": 32, "kw": {...}}'
-
-runs one memory probe and prints its result (MB) as JSON: that is how
-`step_memory_mb_fresh` measures in a fresh process.
+The four classifiers of the paper's Table 1 (ODE-Net, RK-Net, ResNet, MLP)
+around `odecore.ConvODEF`, MNIST as in-memory tensors, the training loop, and
+the measurements around them (the memory of one training step in a fresh
+process, the time of one training iteration), made with `measure`.
+Notebook 02 tells the story and calls these.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import measure
 import nbutils
 import odecore
 
 __all__ = [
-    "MEAN", "STD", "NAMES", "load_mnist", "conv3x3", "norm", "add_time", "ConvODEF",
-    "ContinuousNeuralMNISTClassifier", "ResBlock", "build_model", "n_params", "random_shift",
+    "Settings", "settings", "MEAN", "STD", "NAMES", "load_mnist", "conv3x3", "norm",
+    "ContinuousNeuralMNISTClassifier", "ResBlock", "build_model", "random_shift",
     "batches", "train", "test_accuracy", "step_memory_mb", "step_memory_mb_fresh",
-    "probe_all", "seconds_per_iteration", "markdown_table",
+    "probe_all", "seconds_per_iteration",
 ]
 
 MEAN, STD = 0.1307, 0.3081  # the post's normalisation
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 NAMES = ("ODE-Net", "RK-Net", "ResNet", "MLP")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One budget of notebook 02: data, batch and training length (iterations, or epochs
+    at `full`), the training solver, and the sizes of the memory, Figure 3 and speed
+    measurements."""
+
+    n_train: int = 60000
+    n_test: int = 10000
+    batch: int = 64
+    augment: bool = False
+    iters: dict | None = None   # iterations per model, or
+    epochs: dict | None = None  # epochs per model
+    method: str = "rk4"
+    h_max: float = 0.5
+    mem_steps: tuple[int, ...] = (5, 10, 20, 50, 100, 200)
+    mem_batch: int = 32
+    tols: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
+    nfe_batch: int = 64
+    ref_tol: float = 1e-9
+    speed_iters: int = 10
+    snap_every: int = 100
+
+
+def settings(budget: str) -> Settings:
+    """smoke: a few hundred images, a short pass; quick: the whole notebook in about 8
+    minutes on 2 CPU cores (equal iterations for the three convolutional models); full:
+    epochs and augmentation. Batch 64 unless said."""
+    table = {
+        "smoke": Settings(n_train=512, n_test=1000, iters=dict.fromkeys(NAMES, 8),
+                          mem_steps=(5, 40), mem_batch=16, tols=(1e-1, 1e-3), nfe_batch=4,
+                          ref_tol=1e-6, speed_iters=3, snap_every=2),
+        "quick": Settings(iters={"ODE-Net": 1500, "RK-Net": 1500, "ResNet": 1500, "MLP": 6000}),
+        "full": Settings(batch=128, augment=True,
+                         epochs={"ODE-Net": 8, "RK-Net": 8, "ResNet": 8, "MLP": 20},
+                         h_max=0.25, tols=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5), nfe_batch=128,
+                         speed_iters=20, snap_every=250),
+    }
+    if budget not in table:
+        raise ValueError(f"unknown budget {budget!r}; use one of {', '.join(table)}")
+    return table[budget]
 
 
 # ---------------------------------------------------------------------------
@@ -82,31 +116,6 @@ def conv3x3(in_feats: int, out_feats: int, stride: int = 1) -> nn.Conv2d:
 def norm(dim: int) -> nn.GroupNorm:
     """GroupNorm, as the paper's code: per sample, identical in training and evaluation."""
     return nn.GroupNorm(min(32, dim), dim)
-
-
-def add_time(x: Tensor, t: Tensor) -> Tensor:
-    """Append t as one constant channel; t is 0-d (shared grid) or (batch, 1) (per sample)."""
-    bs, _, h, w = x.shape
-    return torch.cat((x, t.to(x.dtype).reshape(-1, 1, 1, 1).expand(bs, 1, h, w)), dim=1)
-
-
-class ConvODEF(odecore.ODEF):
-    """The post's dynamics of the ODE block: two 3x3 convolutions, each fed the time.
-
-    GroupNorm instead of the post's BatchNorm: a function of (z, t) alone, the
-    same in training and evaluation (notebook 02 shows why that matters).
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.conv1 = conv3x3(dim + 1, dim)
-        self.norm1 = norm(dim)
-        self.conv2 = conv3x3(dim + 1, dim)
-        self.norm2 = norm(dim)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        h = self.norm1(torch.relu(self.conv1(add_time(x, t))))
-        return self.norm2(torch.relu(self.conv2(add_time(h, t))))
 
 
 class ContinuousNeuralMNISTClassifier(nn.Module):
@@ -149,8 +158,8 @@ def build_model(name: str, method: str = "rk4", h_max: float = 0.5, rtol: float 
     65 input channels are faster in that layout; on a GPU it is harmless.)
     """
     if name in ("ODE-Net", "RK-Net"):
-        ode = odecore.NeuralODE(ConvODEF(64), method=method, h_max=h_max, rtol=rtol, atol=atol,
-                                adjoint=(name == "ODE-Net"))
+        ode = odecore.NeuralODE(odecore.ConvODEF(64), method=method, h_max=h_max, rtol=rtol,
+                                atol=atol, adjoint=(name == "ODE-Net"))
         model = ContinuousNeuralMNISTClassifier(ode)
     elif name == "ResNet":
         model = ContinuousNeuralMNISTClassifier(nn.Sequential(*[ResBlock(64) for _ in range(6)]))
@@ -160,10 +169,6 @@ def build_model(name: str, method: str = "rk4", h_max: float = 0.5, rtol: float 
     else:
         raise ValueError(f"unknown model {name!r}; one of {', '.join(NAMES)}")
     return model.to(memory_format=torch.channels_last)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------
@@ -267,29 +272,17 @@ def step_memory_mb(name: str, batch: int, kw: dict, device: torch.device | str =
     warm = dict(kw, method="euler", h_max=1.0) if name in ("ODE-Net", "RK-Net") else kw
     step(build_model(name, **warm).to(device))
     model = build_model(name, **kw).to(device)
-    return nbutils.peak_memory_mb(lambda: step(model), device)
+    return measure.peak_memory_mb(lambda: step(model), device)
 
 
 def step_memory_mb_fresh(name: str, batch: int, kw: dict,
                          device: torch.device | str = "cpu") -> float:
-    """`step_memory_mb` measured honestly: in a fresh Python process on the CPU.
-
-    The child runs `python -m mnist --memory-probe`, one thread, with glibc's
-    mmap threshold fixed (`MALLOC_MMAP_THRESHOLD_=65536`) so that freed blocks
-    return to the system and the resident set tracks live memory. On a GPU the
-    allocator's own peak is exact, so it runs in this process.
-    """
+    """`step_memory_mb` measured honestly: in a fresh Python process on the CPU
+    (`measure.in_fresh_process`). On a GPU the allocator's own peak is exact, so
+    it runs in this process."""
     if torch.device(device).type == "cuda":
         return step_memory_mb(name, batch, kw, device)
-    root = str(nbutils.REPO_ROOT)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
-               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    spec = json.dumps(dict(name=name, batch=batch, kw=kw))
-    out = subprocess.run([sys.executable, "-m", "mnist", "--memory-probe", spec], cwd=root,
-                         env=env, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory probe for {name} {kw} failed:\n{out.stderr[-2000:]}")
-    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+    return float(measure.in_fresh_process("mnist:step_memory_mb", name, batch, kw))
 
 
 def probe_all(jobs: dict, device: torch.device | str = "cpu", desc: str | None = None) -> dict:
@@ -321,43 +314,18 @@ def seconds_per_iteration(X: Tensor, Y: Tensor, n: int = 20, threads: int | None
         torch.manual_seed(0)
         model = build_model("ODE-Net", **kw).to(X.device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        times = []
-        for it, idx in enumerate(batches(len(X), batch, n + warmup, seed=0)):
-            x = X[idx.to(X.device)].contiguous(memory_format=torch.channels_last)
-            start = time.perf_counter()
-            loss = F.cross_entropy(model(x), Y[idx.to(X.device)])
+        data = iter([(X[i].contiguous(memory_format=torch.channels_last), Y[i])
+                     for i in (idx.to(X.device)
+                               for idx in batches(len(X), batch, n + warmup, seed=0))])
+
+        def iteration():
+            x, y = next(data)
+            loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if X.is_cuda:
-                torch.cuda.synchronize()
-            if it >= warmup:  # the first iterations warm up caches
-                times.append(time.perf_counter() - start)
-        return float(np.median(times)), model.feature.nfe_forward, model.feature.nfe_backward
+
+        s = measure.seconds(iteration, repeats=n, warmup=warmup)  # warm-up: caches
+        return s, model.feature.nfe_forward, model.feature.nfe_backward
     finally:
         torch.set_num_threads(old)
-
-
-# ---------------------------------------------------------------------------
-# 5. Reporting
-# ---------------------------------------------------------------------------
-def markdown_table(df) -> str:
-    """A pandas DataFrame as a Markdown table (index first), without `tabulate`."""
-    head = [df.index.name or ""] + list(df.columns)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(v) for v in [i, *row]) + " |" for i, row in df.iterrows()]
-    return "\n".join(lines)
-
-
-def _main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--memory-probe", metavar="JSON", required=True,
-                        help='{"name": ..., "batch": ..., "kw": {...}}')
-    args = parser.parse_args(argv)
-    spec = json.loads(args.memory_probe)
-    torch.set_num_threads(1)
-    print(json.dumps(step_memory_mb(spec["name"], spec["batch"], spec["kw"])))
-
-
-if __name__ == "__main__":
-    _main()

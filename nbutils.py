@@ -7,24 +7,23 @@ of it is about ODEs: that is `odecore.py`'s job.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import platform
 import random
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
-    "REPO_ROOT", "BUDGETS", "get_device", "get_budget", "data_root", "output_dir",
-    "seed_everything", "start_method", "worker_pool", "cpu_name", "progress", "progress_mode",
-    "peak_memory_mb", "run_summary", "markdown", "RECORDS", "save_record", "load_record",
+    "REPO_ROOT", "BUDGETS", "Setup", "setup", "get_device", "get_budget", "data_root", "output_dir",
+    "seed_everything", "n_parameters", "cpu_name", "progress", "progress_mode",
+    "run_summary", "markdown", "RECORDS", "save_record", "load_record",
     "plot_trajectories", "figure_to_image", "save_gif",
 ]
 
@@ -66,6 +65,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def n_parameters(model: torch.nn.Module) -> int:
+    """The size the paper's tables compare models at: the count of their parameters."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def progress_mode() -> str:
@@ -130,124 +134,6 @@ def progress(iterable: Iterable | int | None = None, **kwargs):
     return text_bar(iterable, **kwargs)
 
 
-_PROC_STATUS = Path("/proc/self/status")
-_PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
-_PROC_STATM = Path("/proc/self/statm")
-
-
-def peak_memory_mb(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
-    """Memory (MB) that `fn()` adds at its peak, above what was in use before it.
-
-    On CUDA: the caching allocator's peak. On the CPU two readings are combined,
-    because kernels and sandboxes differ in what they keep: the resident-set
-    high-water mark, reset just before the call (Linux's `/proc/self/clear_refs`),
-    and the resident set sampled about every millisecond while `fn` runs (Linux's
-    `/proc/self/statm`); the larger wins. The sample alone can miss a peak that
-    lasts under a millisecond, the high-water mark alone reads 0 where it is not
-    kept. Memory an earlier call freed but the allocator kept can hide part of
-    the peak, so measure in a fresh process after a small warm-up (notebook 02
-    and the benchmarks do).
-
-    Without `/proc` (macOS, BSD) the high-water mark cannot be reset: the result
-    is how far `fn()` raised the process's lifetime peak (`resource.getrusage`),
-    which is `fn`'s own peak only when nothing before it in the process peaked
-    higher: measure in a fresh process. A `RuntimeWarning` says so. On Windows,
-    which has neither, a `RuntimeError` says the CPU cannot be measured.
-    """
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    if not _PROC_STATM.exists():
-        return _peak_mb_rusage(fn)
-    with _RssSampler() as sampler:
-        marked = _peak_mb_proc(fn)
-    return max(marked, sampler.peak_mb)
-
-
-def _peak_mb_proc(fn: Callable[[], object]) -> float:
-    """The rise of VmHWM over VmRSS, reset just before `fn`; 0 where it cannot be reset."""
-    def read_kb(key: str) -> int:
-        for line in _PROC_STATUS.read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
-        raise RuntimeError(f"{key} not in {_PROC_STATUS}")
-    try:
-        base = read_kb("VmRSS:")
-        _PROC_CLEAR_REFS.write_text("5")  # reset VmHWM to the current RSS
-    except OSError:  # no /proc/self/status or clear_refs, or a read-only /proc
-        fn()
-        return 0.0
-    fn()
-    return max(read_kb("VmHWM:") - base, 0) / 1024
-
-
-class _RssSampler:
-    """Reads the resident set every `interval` seconds in a thread; `peak_mb` is
-    the largest rise over the reading taken on entry. numpy and torch release the
-    GIL in their kernels, so the thread runs while they work."""
-
-    interval = 5e-4  # seconds
-
-    def __init__(self) -> None:
-        import threading
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
-
-    def _rss_mb(self) -> float:
-        return int(_PROC_STATM.read_text().split()[1]) * self._page_mb
-
-    def _run(self) -> None:
-        while True:
-            self.peak_mb = max(self.peak_mb, self._rss_mb() - self._base)
-            if self._stop.wait(self.interval):
-                return
-
-    def __enter__(self) -> _RssSampler:
-        self._base = self._rss_mb()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _peak_mb_rusage(fn: Callable[[], object]) -> float:
-    try:
-        import resource
-    except ImportError:
-        raise RuntimeError(
-            f"peak_memory_mb cannot measure CPU memory on {platform.system() or sys.platform}: "
-            "it needs Linux's /proc or the resource module of macOS and other Unix "
-            "systems; measure on Linux, or on a CUDA device") from None
-    warnings.warn("no /proc here: peak_memory_mb reports how far fn() raised the process's "
-                  "lifetime peak memory, which is its own peak only in a fresh process",
-                  RuntimeWarning, stacklevel=3)
-    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, else kB
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (after - before) * unit / 2**20
-
-
-def worker_pool(workers: int, fn: Callable, device: torch.device | str = "cpu"):
-    """A `ProcessPoolExecutor` of `workers` processes started the way `start_method`
-    finds safe for `fn`, or None where the jobs should run in turn (one worker, a
-    GPU, one core, several torch threads, or no safe start method)."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    method, _ = start_method(fn, device)
-    if workers < 2 or method is None:
-        return None
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
-
-
 def cpu_name() -> str:
     """The CPU's model name (Linux), else what `platform` knows."""
     try:
@@ -259,48 +145,56 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def start_method(fn: Callable, device: torch.device | str = "cpu",
-                 system: str | None = None) -> tuple[str | None, str]:
-    """How to run `fn` in worker processes here: (start method or None, why).
+class Setup(NamedTuple):
+    """What `setup` decided: the budget, the device, and where the figures go."""
 
-    Shared by `recovery.run_jobs`, `spirals.run_parallel` and `cnf.in_parallel`.
+    budget: str
+    device: torch.device
+    assets: Path
 
-    - "fork" on Linux: the workers inherit the caller's state, so `fn` may be a
-      function defined in a notebook. Only while torch runs on one thread: a
-      child forked after multi-threaded work waits forever in OpenMP.
-    - "spawn" elsewhere (macOS, where forking is unsafe, and Windows, which
-      has no fork), for a function a fresh process can import from a module.
-    - None: run in turn here (a GPU, one core, or a function defined in a
-      notebook where only "spawn" is safe: a new process cannot import it).
 
-    `system` is `sys.platform` unless given (the tests ask for each platform).
+_RUN: dict = {}  # what `setup` recorded (its start time included), for `run_summary`
+
+
+def setup(threads: int | None = 1, seed: int = 0) -> Setup:
+    """The first call of every notebook: `NODE_BUDGET, device, ASSETS = nbutils.setup()`.
+
+    - the budget, from `NODE_BUDGET` (`get_budget`);
+    - the device: the GPU where there is one (`get_device`);
+    - torch's CPU threads: `threads` (the course's small models run fastest on
+      one, and one makes forking workers safe); None leaves torch's default;
+    - every random generator seeded with `seed`;
+    - small inline figures (72 dpi keeps the committed notebooks small);
+    - where figures go: `assets/` for the committed `quick` run (the README
+      shows them), `data/<budget>-assets/` for the others;
+    - the start of the clock that `run_summary` reads.
     """
-    system = system or sys.platform
-    if torch.device(device).type != "cpu":
-        return None, "on a GPU the runs go in turn (one device, no forking CUDA)"
-    if (os.cpu_count() or 1) < 2:
-        return None, "one CPU core: the runs go in turn"
-    methods = multiprocessing.get_all_start_methods()
-    if system.startswith("linux") and "fork" in methods:
-        if torch.get_num_threads() > 1:
-            return None, (f"torch runs on {torch.get_num_threads()} threads, and forking after "
-                          "threaded work can hang: the runs go in turn")
-        return "fork", "forked workers (Linux), one torch thread each"
-    module = getattr(fn, "__module__", "__main__")
-    if module in ("__main__", None) or "<locals>" in getattr(fn, "__qualname__", ""):
-        return None, (f"{system} has no safe fork, and {getattr(fn, '__name__', fn)!r} "
-                      "is defined in the notebook, so a spawned worker cannot import it: "
-                      "the runs go in turn")
-    return "spawn", f"spawned workers ({system}), one torch thread each"
+    import matplotlib.pyplot as plt
+
+    budget, device = get_budget(), get_device()
+    if threads is not None and device.type == "cpu":
+        torch.set_num_threads(threads)
+    seed_everything(seed)
+    plt.rcParams["figure.dpi"] = 72
+    assets = REPO_ROOT / "assets" if budget == "quick" else output_dir(f"{budget}-assets")
+    assets.mkdir(parents=True, exist_ok=True)
+    _RUN.update(start=time.perf_counter(), budget=budget, device=device)
+    print(f"budget {budget!r} on {device}, {torch.get_num_threads()} torch thread(s); "
+          f"figures to {assets.relative_to(REPO_ROOT)}/")
+    return Setup(budget, device, assets)
 
 
-def run_summary(start: float, budget: str, device: torch.device | str) -> str:
+def run_summary() -> str:
     """'How this run was made': budget, hardware, versions, wall and CPU time, load.
 
-    `start` is a `time.perf_counter()` reading from the notebook's first cells. The
-    CPU seconds count this process and its finished child processes (workers), so on
-    a shared machine they show how much of the wall time was this run's own work.
+    The wall time counts from `setup`. The CPU seconds count this process and its
+    finished child processes (workers), so on a shared machine they show how much
+    of the wall time was this run's own work.
     """
+    if not _RUN:
+        raise RuntimeError("run_summary reports on a run that nbutils.setup() started; "
+                           "call setup() first")
+    start, budget, device = _RUN["start"], _RUN["budget"], _RUN["device"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [f"budget {budget}, device {device}, {torch.get_num_threads()} torch thread(s), "
              f"{cores} cores; {cpu_name()}",

@@ -6,11 +6,11 @@ Read it top to bottom like the math of the tutorial post it follows:
 2. `ODEF`: dynamics f(z, t) that can also return vector-Jacobian products;
 3. `ODEAdjoint`: the adjoint method as a `torch.autograd.Function`;
 4. `NeuralODE`: the module a model holds;
-5. `LinearODEF`, `NNODEF`: dynamics several notebooks use;
-6. `tolerance_sweep`: what an adaptive solve costs at each tolerance (Figure 3).
+5. `LinearODEF`, `NNODEF`, `ConvODEF`: dynamics several notebooks use.
 
-The notebooks' own helpers (budget, device, data, seeding, plots, GIFs,
-memory) live in `nbutils.py`.
+The notebooks' own helpers (budget, device, data, seeding, plots, GIFs) live
+in `nbutils.py`; measurements (time, memory, what a tolerance costs) in
+`measure.py`.
 
 Time grids. `t` is either `(T,)`, one grid shared by the whole batch, or
 `(T, batch, 1)`, one grid per sample. Every solver hands `f` the time in the
@@ -22,22 +22,20 @@ steps together while each sample covers its own interval.
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "ODESolveError", "ode_solve", "odeint", "ODEF", "ODEAdjoint", "NeuralODE",
-    "LinearODEF", "NNODEF", "tolerance_sweep", "METHODS", "ADJOINT_NORMS",
+    "ODESolveError", "SolverOptions", "ode_solve", "odeint", "mixed_norm", "seminorm", "ODEF",
+    "ODEAdjoint", "NeuralODE", "LinearODEF", "NNODEF", "ConvODEF", "METHODS", "ADJOINT_NORMS",
 ]
 
 METHODS = ("euler", "rk4", "dopri5")
-ADJOINT_NORMS = ("seminorm", "mixed")
 
 
 class ODESolveError(RuntimeError):
@@ -47,6 +45,41 @@ class ODESolveError(RuntimeError):
 # ---------------------------------------------------------------------------
 # 1. Solvers
 # ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SolverOptions:
+    """How to solve, with the course's defaults written once (`odeint`, `ode_solve`
+    and `NeuralODE` take these fields as keyword arguments).
+
+    `method`: "euler" or "rk4" (fixed steps of at most `h_max` per interval of
+    the time grid) or "dopri5" (adaptive, to `rtol` and `atol`); `max_steps`:
+    the most steps one interval may take before the solve fails with an error
+    saying where; `adjoint_norm`: the error norm of the adjoint's backward
+    dopri5 solve, a key of `ADJOINT_NORMS` (see `ODEAdjoint`).
+    """
+
+    method: str = "euler"
+    h_max: float = 0.05
+    rtol: float = 1e-5
+    atol: float = 1e-7
+    max_steps: int = 100_000
+    adjoint_norm: str = "seminorm"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if not self.h_max > 0:
+            raise ValueError(f"h_max must be positive, got {self.h_max}")
+        if self.rtol < 0 or self.atol < 0 or (self.rtol == 0 and self.atol == 0):
+            raise ValueError(f"need rtol >= 0, atol >= 0, not both zero; got {self.rtol}, "
+                             f"{self.atol}")
+        if self.adjoint_norm not in ADJOINT_NORMS:
+            raise ValueError(f"unknown adjoint_norm {self.adjoint_norm!r}; choose one of "
+                             f"{tuple(ADJOINT_NORMS)}")
+        for name, kind in (("h_max", float), ("rtol", float), ("atol", float),
+                           ("max_steps", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+
 # The solvers integrate a list of tensors y' = G(s, y) from s = 0 to s = span
 # (or back). A list lets the adjoint carry (z, a, a_p..., a_t) with each part
 # in its own shape, so the parameter adjoint never needs a (batch, n_params)
@@ -109,20 +142,24 @@ _DP_B4 = (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 630
 _DP_E = tuple(b5 - b4 for b5, b4 in zip(_DP_B5 + (0.0,), _DP_B4))
 
 
-def _error_norm(err: State, y0: State, y1: State, rtol: float, atol: float,
-                parts: int | None = None) -> float:
-    """Max over the parts of each part's RMS scaled error (torchdiffeq's mixed norm).
+# Error norms: a step controller measures a step's error estimate `err` between
+# the states `y0` and `y1` with one of these; 1 or less accepts the step.
+Norm = Callable[[State, State, State, float, float], float]
 
-    Only the first `parts` parts count when it is given (the adjoint's seminorm).
-    """
+
+def mixed_norm(err: State, y0: State, y1: State, rtol: float, atol: float) -> float:
+    """Max over the parts of each part's RMS scaled error (torchdiffeq's mixed norm)."""
     with torch.no_grad():  # step control is not part of the gradient
         return _worst(float((e / (atol + rtol * torch.maximum(a.abs(), b.abs())))
-                            .pow(2).mean().sqrt()) for e, a, b in zip(err[:parts], y0, y1))
+                            .pow(2).mean().sqrt()) for e, a, b in zip(err, y0, y1))
 
 
-def _rms(y: State, scale: State) -> float:
-    with torch.no_grad():
-        return _worst(float((a / s).pow(2).mean().sqrt()) for a, s in zip(y, scale))
+def seminorm(err: State, y0: State, y1: State, rtol: float, atol: float) -> float:
+    """The mixed norm of the first two parts alone: the adjoint's z and a (see `ODEAdjoint`)."""
+    return mixed_norm(err[:2], y0[:2], y1[:2], rtol, atol)
+
+
+ADJOINT_NORMS: dict[str, Norm] = {"seminorm": seminorm, "mixed": mixed_norm}
 
 
 def _worst(values) -> float:
@@ -137,17 +174,17 @@ def _worst(values) -> float:
 
 
 def _first_step(G, y0: State, f0: State, span: float, rtol: float, atol: float,
-                parts: int | None = None) -> float:
-    """Hairer, Norsett & Wanner's starting step (II.4), for order 5, on the same (semi)norm."""
-    y0_all, f0_all = y0, f0
-    y0, f0 = y0[:parts], f0[:parts]
-    scale = [atol + rtol * y.abs() for y in y0]
-    d0, d1 = _rms(y0, scale), _rms(f0, scale)
+                norm: Norm) -> float:
+    """Hairer, Norsett & Wanner's starting step (II.4), for order 5, on the step's norm.
+
+    Their RMS norms scaled by atol + rtol |y0| are `norm(x, y0, y0, ...)`.
+    """
+    d0, d1 = norm(y0, y0, y0, rtol, atol), norm(f0, y0, y0, rtol, atol)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     h0 = min(h0, abs(span))
     direction = math.copysign(1.0, span)
-    f1 = G(direction * h0, _axpy(y0_all, direction * h0, (1.0,), (f0_all,)))
-    d2 = _rms([a - b for a, b in zip(f1, f0)], scale) / h0
+    f1 = G(direction * h0, _axpy(y0, direction * h0, (1.0,), (f0,)))
+    d2 = norm([a - b for a, b in zip(f1, f0)], y0, y0, rtol, atol) / h0
     if not math.isfinite(d2):  # f is not finite one small step on: start small, let the
         return h0              # controller shrink the step to where it fails and say so
     h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
@@ -164,16 +201,30 @@ def _step_factor(ratio: float) -> float:
     return min(hi, max(lo, 0.9 * ratio ** -0.2))
 
 
-def _dopri5(G, y: State, span: float, opts: dict, where: Callable[[float], str]) -> State:
-    """Adaptive Dormand-Prince 5(4) from s = 0 to s = span, landing exactly on span."""
-    rtol, atol, max_steps = opts["rtol"], opts["atol"], opts["max_steps"]
+class Solved(NamedTuple):
+    """What solving one interval returns: the state at its end, and the step the
+    controller proposes next (dopri5; None for fixed steps). The next interval
+    starts from that step, so an adaptive solve over a grid does not restart
+    its step size at every grid time."""
+
+    y: State
+    h_next: float | None
+
+
+def _dopri5(G, y: State, span: float, opts: SolverOptions, where: Callable[[float], str],
+            norm: Norm = mixed_norm, h: float | None = None) -> Solved:
+    """Adaptive Dormand-Prince 5(4) from s = 0 to s = span, landing exactly on span.
+
+    `h` is the first step to try (else Hairer's starting step); `norm` measures
+    each step's error estimate.
+    """
+    rtol, atol, max_steps = opts.rtol, opts.atol, opts.max_steps
     direction = math.copysign(1.0, span)
     s, end = 0.0, abs(span)
     k1 = G(0.0, y)
     if not all(torch.isfinite(k).all() for k in k1):
         raise ODESolveError(f"the dynamics returned a non-finite derivative {where(0.0)}")
-    parts = opts.get("_norm_parts")  # None: every part (mixed norm); 2: z and a (seminorm)
-    h = opts.get("_h") or _first_step(G, y, k1, span, rtol, atol, parts)
+    h = h or _first_step(G, y, k1, span, rtol, atol, norm)
     nonfinite = False
     for _ in range(max_steps):
         last = h >= end - s
@@ -190,14 +241,13 @@ def _dopri5(G, y: State, span: float, opts: dict, where: Callable[[float], str])
         k_new = G(direction * (s + h), y_new)
         hd = direction * h
         err = _axpy([k * (hd * _DP_E[0]) for k in k1], hd, _DP_E[1:], ks[1:] + [k_new])
-        ratio = _error_norm(err, y, y_new, rtol, atol, parts)
+        ratio = norm(err, y, y_new, rtol, atol)
         nonfinite = not math.isfinite(ratio)
         if ratio <= 1.0:  # accept
             y, k1 = y_new, k_new
             if last:
                 # the next interval starts with the controller's step, not the clipped one
-                opts["_h"] = max(h_proposed, h * _step_factor(ratio))
-                return y
+                return Solved(y, max(h_proposed, h * _step_factor(ratio)))
             s = s + h
         h = h * _step_factor(ratio)
     raise ODESolveError(
@@ -255,7 +305,8 @@ def _first(t: Tensor) -> float:
     return float(t.flatten()[0])
 
 
-def _integrate(G, y: State, iv: _Interval, opts: dict, reverse: bool = False) -> State:
+def _integrate(G, y: State, iv: _Interval, opts: SolverOptions, reverse: bool = False,
+               norm: Norm = mixed_norm, h: float | None = None) -> Solved:
     """Integrate y' = G(s, y) over one interval, from its start, or back from its end."""
     span = -iv.span if reverse else iv.span
     if reverse:  # s counts from the interval's end, so shift the clock
@@ -263,10 +314,10 @@ def _integrate(G, y: State, iv: _Interval, opts: dict, reverse: bool = False) ->
         where = (lambda s: iv.where(iv.span + s))
     else:
         where = iv.where
-    if opts["method"] == "dopri5":
-        return _dopri5(G, y, span, opts, where)
-    n = _n_fixed_steps(iv.max_dt, opts["h_max"], opts["max_steps"])
-    return _fixed_steps(G, y, span, n, opts["method"])
+    if opts.method == "dopri5":
+        return _dopri5(G, y, span, opts, where, norm, h)
+    n = _n_fixed_steps(iv.max_dt, opts.h_max, opts.max_steps)
+    return Solved(_fixed_steps(G, y, span, n, opts.method), None)
 
 
 def _forward_field(f: Callable, iv: _Interval) -> Callable:
@@ -280,17 +331,6 @@ def _check_finite(z: Tensor, what: str, iv: _Interval | None = None) -> None:
         span = "" if iv is None else (
             f" between t={_first(iv.t0):.6g} and t={_first(iv.t1):.6g}")
         raise ODESolveError(f"{what} became NaN or infinite{span}")
-
-
-def _options(method: str, h_max: float, rtol: float, atol: float, max_steps: int) -> dict:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if not h_max > 0:
-        raise ValueError(f"h_max must be positive, got {h_max}")
-    if rtol < 0 or atol < 0 or (rtol == 0 and atol == 0):
-        raise ValueError(f"need rtol >= 0, atol >= 0, not both zero; got {rtol}, {atol}")
-    return dict(method=method, h_max=float(h_max), rtol=float(rtol), atol=float(atol),
-                max_steps=int(max_steps))
 
 
 def _check_inputs(z0: Tensor, t: Tensor) -> Tensor:
@@ -335,29 +375,33 @@ def _count(f: Callable, n: int = 1) -> None:
         f.nfe += n
 
 
-def _solve_path(f: Callable, z0: Tensor, t: Tensor, opts: dict) -> Tensor:
+def _solve_path(f: Callable, z0: Tensor, t: Tensor, opts: SolverOptions) -> Tensor:
     """States at every time of the grid, shape (T, *z0.shape); differentiable."""
-    opts = dict(opts, _h=None)
 
     def counted(z, tt):
         _count(f)
         return f(z, tt)
 
-    zs, z = [z0], z0
+    zs, z, h = [z0], z0, None
     for i in range(t.shape[0] - 1):
         iv = _Interval(t[i], t[i + 1], z0.dim())
-        z = _integrate(_forward_field(counted, iv), [z], iv, opts)[0]
+        (z,), h = _integrate(_forward_field(counted, iv), [z], iv, opts, h=h)
         _check_finite(z, "the state", iv)
         zs.append(z)
     return torch.stack(zs)
 
 
-def ode_solve(z0: Tensor, t0, t1, f: Callable, method: str = "euler", h_max: float = 0.05,
-              rtol: float = 1e-5, atol: float = 1e-7, max_steps: int = 100_000) -> Tensor:
+_D = SolverOptions()  # the defaults, read by the signatures below
+
+
+def ode_solve(z0: Tensor, t0, t1, f: Callable, method: str = _D.method, h_max: float = _D.h_max,
+              rtol: float = _D.rtol, atol: float = _D.atol, max_steps: int = _D.max_steps
+              ) -> Tensor:
     """z(t1) from z(t0) = z0 under dz/dt = f(z, t): the post's `ode_solve`.
 
     `t0`, `t1` are numbers, 0-d tensors or `(batch, 1)` tensors (one interval
     per sample). Fixed-step methods take ceil(|t1 - t0| / h_max) equal steps.
+    The options are `SolverOptions`'.
     """
     t0 = torch.as_tensor(t0, dtype=z0.dtype, device=z0.device)
     t1 = torch.as_tensor(t1, dtype=z0.dtype, device=z0.device)
@@ -365,15 +409,17 @@ def ode_solve(z0: Tensor, t0, t1, f: Callable, method: str = "euler", h_max: flo
     return odeint(f, z0, t, method, h_max, rtol, atol, max_steps)[-1]
 
 
-def odeint(f: Callable, z0: Tensor, t: Tensor, method: str = "euler", h_max: float = 0.05,
-           rtol: float = 1e-5, atol: float = 1e-7, max_steps: int = 100_000) -> Tensor:
+def odeint(f: Callable, z0: Tensor, t: Tensor, method: str = _D.method, h_max: float = _D.h_max,
+           rtol: float = _D.rtol, atol: float = _D.atol, max_steps: int = _D.max_steps
+           ) -> Tensor:
     """States at every time of `t` (`(T,)` or `(T, batch, 1)`), shape `(T, *z0.shape)`.
 
     Differentiable by plain autograd through the solver's operations; use
-    `NeuralODE(adjoint=True)` for constant-memory gradients.
+    `NeuralODE(adjoint=True)` for constant-memory gradients. The options are
+    `SolverOptions`'.
     """
-    t = _check_inputs(z0, t)
-    return _solve_path(f, z0, t, _options(method, h_max, rtol, atol, max_steps))
+    opts = SolverOptions(method, h_max, rtol, atol, max_steps)
+    return _solve_path(f, z0, _check_inputs(z0, t), opts)
 
 
 # ---------------------------------------------------------------------------
@@ -431,7 +477,7 @@ class ODEAdjoint(torch.autograd.Function):
     from t_N back to t_0 one interval at a time, adding each observation's
     dL/dz(t_i) to a as it passes t_i. Memory is O(1) in the number of steps.
 
-    Step control on a seminorm (`opts["adjoint_norm"]`, default "seminorm"): with
+    Step control on a seminorm (`opts.adjoint_norm`, default "seminorm"): with
     dopri5, the backward solve's error estimate measures z and a only. The
     parameter and time adjoints a_p, a_t are integrals, d(a_p)/dt = -a·df/dp,
     that nothing else in the system reads, so their local errors do not
@@ -444,7 +490,8 @@ class ODEAdjoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z0: Tensor, t: Tensor, func: ODEF, opts: dict, *params: Tensor) -> Tensor:
+    def forward(ctx, z0: Tensor, t: Tensor, func: ODEF, opts: SolverOptions,
+                *params: Tensor) -> Tensor:
         with torch.no_grad():
             z = _solve_path(func, z0, t, opts)
         # Parameters are kept by reference (they are leaves of func's graph).
@@ -455,9 +502,8 @@ class ODEAdjoint(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z: Tensor):
         t, z = ctx.saved_tensors
-        func, opts, params = ctx.func, dict(ctx.opts, _h=None), ctx.params
-        norm = opts.get("adjoint_norm", "seminorm")
-        opts["_norm_parts"] = 2 if norm == "seminorm" else None  # z and a; else every part
+        func, opts, params = ctx.func, ctx.opts, ctx.params
+        norm = ADJOINT_NORMS[opts.adjoint_norm]  # the seminorm measures z and a alone
         need_t = ctx.needs_input_grad[1]
         need_p = [ctx.needs_input_grad[4 + i] for i in range(len(params))]
         params_g = [p for p, need in zip(params, need_p) if need]
@@ -479,6 +525,7 @@ class ODEAdjoint(torch.autograd.Function):
             a_p = [torch.zeros_like(p) for p in params_g]
             a_t = torch.zeros_like(t[0]) if need_t else None
             t_grad = torch.zeros_like(t) if need_t else None
+            h = None  # dopri5's step, carried from interval to interval
             for i in range(t.shape[0] - 1, 0, -1):
                 a = a + grad_z[i]
                 if need_t:
@@ -498,7 +545,7 @@ class ODEAdjoint(torch.autograd.Function):
                     return out
 
                 y = [z[i], a] + a_p + ([a_t] if need_t else [])
-                y = _integrate(G, y, iv, opts, reverse=True)
+                y, h = _integrate(G, y, iv, opts, reverse=True, norm=norm, h=h)
                 a, a_p = y[1], y[2:2 + n_p]
                 if need_t:
                     a_t = y[-1]
@@ -526,19 +573,15 @@ class NeuralODE(nn.Module):
     or "mixed" (every part of the augmented state); see `ODEAdjoint`.
     """
 
-    def __init__(self, func: ODEF, method: str = "euler", h_max: float = 0.05,
-                 rtol: float = 1e-5, atol: float = 1e-7, adjoint: bool = True,
-                 max_steps: int = 100_000, adjoint_norm: str = "seminorm"):
+    def __init__(self, func: ODEF, method: str = _D.method, h_max: float = _D.h_max,
+                 rtol: float = _D.rtol, atol: float = _D.atol, adjoint: bool = True,
+                 max_steps: int = _D.max_steps, adjoint_norm: str = _D.adjoint_norm):
         super().__init__()
         if not isinstance(func, ODEF):
             raise TypeError(f"func must be an ODEF, got {type(func).__name__}")
-        if adjoint_norm not in ADJOINT_NORMS:
-            raise ValueError(
-                f"unknown adjoint_norm {adjoint_norm!r}; choose one of {ADJOINT_NORMS}")
         self.func = func
         self.adjoint = adjoint
-        self.opts = dict(_options(method, h_max, rtol, atol, max_steps),
-                         adjoint_norm=adjoint_norm)
+        self.opts = SolverOptions(method, h_max, rtol, atol, max_steps, adjoint_norm)
         self.nfe_forward = 0
 
     @property
@@ -598,45 +641,27 @@ class NNODEF(ODEF):
         return self.lin3(h)
 
 
-# ---------------------------------------------------------------------------
-# 6. Measurements
-# ---------------------------------------------------------------------------
-def tolerance_sweep(func: ODEF, z0: Tensor, tols: Sequence[float],
-                    loss_fn: Callable[[Tensor], Tensor],
-                    norms: Sequence[str] = ADJOINT_NORMS, ref_tol: float = 1e-9,
-                    repeats: int = 3) -> list[dict]:
-    """The paper's Figure 3 on one block: what an adaptive solve costs at each tolerance.
+class ConvODEF(ODEF):
+    """The post's dynamics for images: two 3x3 convolutions, each fed the time.
 
-    For each `tol` (rtol = atol = tol, dopri5 over t in [0, 1]): the forward NFE,
-    the relative error of z(1) against a float64 solve at `ref_tol`, the forward
-    time (median of `repeats`, no graph), and for each adjoint norm the backward
-    NFE of one gradient of `loss_fn(z(1))`. Gradients land in `func`'s `.grad`s;
-    they are cleared at the end.
+    The time enters as one constant extra channel. GroupNorm instead of the
+    post's BatchNorm: a function of (z, t) alone, the same in training and
+    evaluation (notebook 02 shows why that matters).
     """
-    t = torch.tensor([0.0, 1.0], dtype=z0.dtype, device=z0.device)
-    ref_func = copy.deepcopy(func).double()
-    with torch.no_grad():
-        ref = odeint(ref_func, z0.double(), t.double(), "dopri5", rtol=ref_tol, atol=ref_tol)[-1]
-    rows = []
-    for tol in tols:
-        block = NeuralODE(func, "dopri5", rtol=tol, atol=tol)
-        seconds = []
-        for _ in range(repeats):
-            if z0.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.no_grad():
-                z1 = block(z0, t)
-            if z0.is_cuda:
-                torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - start)
-        err = float((z1.double() - ref).norm() / ref.norm())
-        row = dict(tol=tol, nfe_forward=block.nfe_forward, error=err,
-                   forward_s=float(np.median(seconds)))
-        for norm in norms:
-            block = NeuralODE(func, "dopri5", rtol=tol, atol=tol, adjoint_norm=norm)
-            loss_fn(block(z0, t)).backward()
-            row[f"nfe_backward_{norm}"] = block.nfe_backward
-            func.zero_grad(set_to_none=True)
-        rows.append(row)
-    return rows
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim + 1, dim, kernel_size=3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(min(32, dim), dim)
+        self.conv2 = nn.Conv2d(dim + 1, dim, kernel_size=3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(min(32, dim), dim)
+
+    @staticmethod
+    def with_time(x: Tensor, t: Tensor) -> Tensor:
+        """x with t appended as a channel; t is 0-d (shared grid) or (batch, 1) (per sample)."""
+        bs, _, h, w = x.shape
+        return torch.cat((x, t.to(x.dtype).reshape(-1, 1, 1, 1).expand(bs, 1, h, w)), dim=1)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        h = self.norm1(torch.relu(self.conv1(self.with_time(x, t))))
+        return self.norm2(torch.relu(self.conv2(self.with_time(h, t))))

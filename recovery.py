@@ -1,76 +1,48 @@
-"""recovery: what notebook 01 needs around its story, kept out of the notebook.
+"""recovery: notebook 01's settings per budget and its two pictures, kept out of the notebook.
 
-1. threads and worker processes: `one_thread_on_cpu`, `start_method`, `run_jobs`;
-2. its two pictures: `training_gif`, `field_figure`.
-
-The notebook's progress bars and its "How this run was made" come from
+`settings(budget)`, `training_gif` and `field_figure`. Its worker processes
+come from `workers`, its progress bars and its "How this run was made" from
 `nbutils`. None of it is about ODEs (`odecore.py`) or the recipe (the notebook).
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from nbutils import figure_to_image, progress, save_gif, start_method
+from nbutils import figure_to_image, save_gif
 
-__all__ = ["one_thread_on_cpu", "start_method", "run_jobs", "training_gif", "field_figure"]
-
-
-# ---------------------------------------------------------------------------
-# 1. Threads and worker processes
-# ---------------------------------------------------------------------------
-def one_thread_on_cpu(device: torch.device | str) -> int:
-    """One torch thread on the CPU; returns the thread count now in use.
-
-    Notebook 01's states are 2-D and its models 16 units wide: every operation
-    is microseconds of arithmetic, so a second thread only adds waiting (on the
-    shared 2-core machine a 64-window training step took 23 ms on one thread
-    and 570 ms on two while other processes ran). One thread also keeps
-    forking safe (`start_method`).
-    """
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(1)
-    return torch.get_num_threads()
+__all__ = ["Settings", "settings", "training_gif", "field_figure"]
 
 
-def _one_thread(fn: Callable, job):
-    torch.set_num_threads(1)
-    return fn(job)
+@dataclass(frozen=True)
+class Settings:
+    """One budget of notebook 01: seeds, training steps of each experiment, GIF frames,
+    and the ablation's variants for each experiment ("all", or a list of names)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    linear_steps: int = 300
+    nonlinear_steps: int = 600
+    frames: int = 30
+    ablate: dict = field(default_factory=dict)
 
 
-def run_jobs(fn: Callable, jobs: Sequence, desc: str = "", device: torch.device | str = "cpu",
-             max_workers: int = 4, quiet: bool = False, system: str | None = None) -> list:
-    """`[fn(job) for job in jobs]`, one worker process per core where that is safe.
-
-    The start method and the reason come from `start_method`; `run_jobs` prints
-    them (unless `quiet`), so a reader knows whether the runs were parallel.
-    Jobs must take their randomness from their arguments (seeds): the results
-    are then the same either way.
-    """
-    jobs = list(jobs)
-    method, why = start_method(fn, device, system)
-    workers = min(os.cpu_count() or 1, len(jobs), max_workers)
-    if workers < 2:
-        method, why = None, "one job or one core: the runs go in turn"
-    if not quiet:
-        print(f"{desc}: {len(jobs)} run(s), " + (f"{workers} {why}" if method else why))
-    if method is None:
-        return [fn(job) for job in progress(jobs, desc=desc, disable=quiet)]
-    context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        results = pool.map(_one_thread, [fn] * len(jobs), jobs)
-        return list(progress(results, total=len(jobs), desc=desc, disable=quiet))
+def settings(budget: str) -> Settings:
+    """smoke: everything once, in seconds; quick: the committed run; full: longer, the
+    whole ablation."""
+    table = {
+        "smoke": Settings(seeds=(0,), linear_steps=30, nonlinear_steps=30, frames=5),
+        "quick": Settings(ablate={"linear": "all", "nonlinear": ["one window per step"]}),
+        "full": Settings(linear_steps=500, nonlinear_steps=3000, frames=40,
+                         ablate={"linear": "all", "nonlinear": "all"}),
+    }
+    if budget not in table:
+        raise ValueError(f"unknown budget {budget!r}; use one of {', '.join(table)}")
+    return table[budget]
 
 
-# ---------------------------------------------------------------------------
-# 2. Pictures
-# ---------------------------------------------------------------------------
 def _time_colorbar(fig, mappable, ax):
     bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.04, shrink=0.85)
     bar.set_label("time $t$ of the observation")

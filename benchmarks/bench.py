@@ -2,6 +2,8 @@
 
     make bench            # installs torchdiffeq (a development dependency) and runs this
 
+(`make bench` puts `tests/` on the path: the test problems are shared.)
+
 One process, threads fixed, interleaved repetitions (medians, warm-up
 excluded). Memory is the resident-set peak of a fresh process per
 configuration, the only honest peak on a CPU.
@@ -12,11 +14,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,12 +27,12 @@ from torchdiffeq._impl.misc import Perturb
 from torchdiffeq._impl.odeint import SOLVERS
 from torchdiffeq._impl.rk_common import rk4_step_func
 
+from measure import in_fresh_process, markdown_table, peak_memory_mb, times
+from nbutils import cpu_name
+from odecore import NNODEF, ConvODEF, NeuralODE
+from problems import Squash, rel_err  # tests/problems.py: `make bench` puts tests/ on the path
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import odecore  # noqa: E402
-from mnist import ConvODEF  # noqa: E402
-from nbutils import cpu_name, peak_memory_mb  # noqa: E402
-from odecore import NNODEF, NeuralODE  # noqa: E402
 
 
 class ClassicRK4(FixedGridODESolver):
@@ -120,10 +119,6 @@ def run_td(func, z0, t, method, loss_w=None):
     return z.detach(), grads, nfe_f, wrapped.nfe - nfe_f
 
 
-def rel(a, b):
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
-
-
 # -------------------------------------------------------------------------
 # 1. Agreement (float64)
 # -------------------------------------------------------------------------
@@ -138,15 +133,15 @@ def agreement():
             w = torch.randn(3, *z0.shape, dtype=torch.float64)
             za, ga, *_ = run_ours(func, z0, t, method, w)
             zb, gb, *_ = run_td(func, z0, t, method, w)
-            errs = [rel(a, b) for a, b in zip(ga, gb)]
-            row = dict(problem=name, method=method, solution=rel(za, zb),
+            errs = [rel_err(a, b) for a, b in zip(ga, gb)]
+            row = dict(problem=name, method=method, solution=rel_err(za, zb),
                        grad_z0=errs[0], grad_t=errs[1], grad_params=max(errs[2:]))
             if method == "dopri5":
                 # Two adaptive solvers take different steps; judge each against an
                 # accurate reference (classic RK4, h = 1/400) at the same tolerance.
                 zr, gr, *_ = run_ours(func, z0, t, "ref", w)
-                row["ours_vs_ref"] = max([rel(za, zr)] + [rel(a, r) for a, r in zip(ga, gr)])
-                row["td_vs_ref"] = max([rel(zb, zr)] + [rel(b, r) for b, r in zip(gb, gr)])
+                row["ours_vs_ref"] = max(map(rel_err, [za, *ga], [zr, *gr]))
+                row["td_vs_ref"] = max(map(rel_err, [zb, *gb], [zr, *gr]))
             rows.append(row)
     return rows
 
@@ -161,10 +156,7 @@ def interleaved(fns: dict, rounds: int, reps: int):
     samples = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            for _ in range(reps):
-                start = time.perf_counter()
-                fn()
-                samples[k].append(time.perf_counter() - start)
+            samples[k] += times(fn, reps, warmup=0)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -240,17 +232,6 @@ def per_sample(rounds):
 # -------------------------------------------------------------------------
 # 4. Memory against the number of solver steps (fresh process each)
 # -------------------------------------------------------------------------
-class Squash(odecore.ODEF):
-    """dz/dt = tanh(z)·w: a large state and a cheap step, so memory shows and time does not."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.w = nn.Parameter(torch.full((dim,), 0.5))
-
-    def forward(self, z, t):
-        return torch.tanh(z) * self.w
-
-
 def memory_child(lib: str, adjoint: bool, steps: int) -> float:
     torch.manual_seed(0)
     func = Squash(512)
@@ -269,20 +250,12 @@ def memory_child(lib: str, adjoint: bool, steps: int) -> float:
     return peak_memory_mb(lambda: step(steps))
 
 
-# glibc otherwise keeps freed multi-MB blocks in its heap (a dynamic mmap
-# threshold), so the resident set would reflect fragmentation, not live memory.
-MALLOC_ENV = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-
-
 def memory(steps_list):
     rows = []
     for lib in ["odecore", "torchdiffeq"]:
         for adjoint in [True, False]:
-            for steps in steps_list:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--memory-child", lib, str(int(adjoint)),
-                     str(steps)], capture_output=True, text=True, check=True, env=MALLOC_ENV)
-                extra = json.loads(out.stdout.strip().splitlines()[-1])
+            for steps in steps_list:  # a fresh process each: no peak hides another
+                extra = in_fresh_process("bench:memory_child", lib, adjoint, steps)
                 rows.append(dict(lib=lib, adjoint=adjoint, steps=steps, extra_mb=extra))
                 print(rows[-1], flush=True)
     return rows
@@ -340,15 +313,15 @@ def adjoint_norms():
         norm_grads(func, z0, w, "odecore", "seminorm")  # warm-up (kernels, allocator)
         timing = {}
         for label, (lib, norm) in NORMS.items():  # one run each: the slow ones take seconds
-            start = time.perf_counter()
-            _, nfe = norm_grads(func, z0, w, lib, norm)
-            timing[label] = (time.perf_counter() - start, nfe)
+            out = []
+            (s,) = times(lambda: out.append(norm_grads(func, z0, w, lib, norm)), 1, warmup=0)
+            timing[label] = (s, out[0][1])
         func, z0 = make64()
         w = torch.randn(z0.shape, generator=torch.Generator().manual_seed(1), dtype=z0.dtype)
         ref, _ = norm_grads(func, z0, w, "odecore", "mixed", method="rk4")
         for label, (lib, norm) in NORMS.items():
             grads, nfe64 = norm_grads(func, z0, w, lib, norm)
-            err = max(rel(g, r) for g, r in zip(grads, ref))
+            err = max(rel_err(g, r) for g, r in zip(grads, ref))
             seconds, nfe = timing[label]
             rows.append(dict(problem=name, contender=label, ms=1e3 * seconds, nfe=nfe,
                              nfe64=nfe64, grad_error=err))
@@ -380,12 +353,6 @@ def norm_targets(rows):
 # -------------------------------------------------------------------------
 # Report
 # -------------------------------------------------------------------------
-def table(headers, rows):
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
 def speed_targets(rows):
     """The issue's targets for section 2, checked against this run's numbers."""
     fixed = [r for r in rows if r["method"] != "dopri5"]
@@ -457,7 +424,7 @@ def report(results):
         "largest relative error over the solution and all gradients). ConvODEF is notebook "
         "02's, imported from `mnist.py` (GroupNorm, so the field is a fixed function).",
         "",
-        table(["problem", "method", "solution", "dL/dz0", "dL/dt", "dL/dparams",
+        markdown_table(["problem", "method", "solution", "dL/dz0", "dL/dt", "dL/dparams",
                "odecore vs reference", "torchdiffeq vs reference"],
               [[r["problem"], r["method"], f"{r['solution']:.1e}", f"{r['grad_z0']:.1e}",
                 f"{r['grad_t']:.1e}", f"{r['grad_params']:.1e}",
@@ -472,7 +439,7 @@ def report(results):
         "adjoint with the mixed norm, torchdiffeq's default, so that both do the same "
         "arithmetic; section 5 compares the norms.",
         "",
-        table(["problem", "method", "odecore ms", "torchdiffeq ms", "ratio", "NFE odecore",
+        markdown_table(["problem", "method", "odecore ms", "torchdiffeq ms", "ratio", "NFE odecore",
                "NFE torchdiffeq"],
               [[r["problem"], r["method"], f"{r['ours_ms']:.1f}", f"{r['td_ms']:.1f}",
                 f"{r['ratio']:.2f}", "{} / {}".format(*r["nfe_ours"]),
@@ -485,7 +452,7 @@ def report(results):
         "odecore solves `(T, batch, 1)` grids directly; torchdiffeq solves on the sorted "
         "union of all samples' times and gathers each sample's states.",
         "",
-        table(["setting", "odecore ms", "torchdiffeq ms", "ratio", "NFE odecore",
+        markdown_table(["setting", "odecore ms", "torchdiffeq ms", "ratio", "NFE odecore",
                "NFE torchdiffeq", "union size"],
               [[r["setting"], f"{r['ours_ms']:.1f}", f"{r['td_ms']:.1f}", f"{r['ratio']:.2f}",
                 "{} / {}".format(*r["nfe_ours"]), "{} / {}".format(*r["nfe_td"]), r["union"]]
@@ -497,7 +464,7 @@ def report(results):
         "cheap step. Memory a training step adds at its peak "
         "(MB): a fresh process per configuration, warmed up with a one-step solve, then the "
         "resident-set high-water mark reset and read around the step "
-        "(`nbutils.peak_memory_mb`), with `MALLOC_MMAP_THRESHOLD_=65536` so that freed "
+        "(`measure.peak_memory_mb`), with `MALLOC_MMAP_THRESHOLD_=65536` so that freed "
         "blocks go back to the system and the resident set tracks live memory.",
         "",
     ]
@@ -510,7 +477,7 @@ def report(results):
             mem_rows.append([lib, "adjoint" if adjoint else "backprop through solver",
                              *[f"{p:.1f}" for p in extra],
                              f"{extra[-1] - extra[0]:+.1f} MB"])
-    lines.append(table(["library", "gradient", *[f"{s} steps" for s in steps],
+    lines.append(markdown_table(["library", "gradient", *[f"{s} steps" for s in steps],
                         f"change {steps[0]} to {steps[-1]}"], mem_rows))
     adj = [r["extra_mb"] for r in results["memory"] if r["lib"] == "odecore" and r["adjoint"]]
     spread = max(adj) / min(adj) - 1
@@ -534,7 +501,7 @@ def report(results):
             "independent of either norm). ConvODEF is freshly initialised: its ReLUs make "
             "the field rough and the backward solve costly.",
             "",
-            table(["problem", "contender", "ms (float32)", "NFE fwd / bwd (float32)",
+            markdown_table(["problem", "contender", "ms (float32)", "NFE fwd / bwd (float32)",
                    "NFE fwd / bwd (float64)", "gradient error (float64)"],
                   [[r["problem"], r["contender"], f"{r['ms']:.0f}",
                     "{} / {}".format(*r["nfe"]), "{} / {}".format(*r["nfe64"]),
@@ -551,7 +518,6 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
-    parser.add_argument("--memory-child", nargs=3)
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite --out from the results.json beside it, measuring nothing")
     args = parser.parse_args()
@@ -561,10 +527,6 @@ def main():
         print(f"wrote {args.out} from {Path(args.out).with_suffix('.json')}")
         return
     torch.set_num_threads(args.threads)
-    if args.memory_child:
-        lib, adjoint, steps = args.memory_child
-        print(json.dumps(memory_child(lib, adjoint == "1", int(steps))))
-        return
     start = time.perf_counter()
     results = {"agreement": agreement()}
     for r in results["agreement"]:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -51,10 +50,8 @@ import torch
 import torchdiffeq
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import nbutils  # noqa: E402
-import spirals as S  # noqa: E402
+import nbutils
+import spirals as S
 
 # The published settings (torchdiffeq's examples/latent_ode.py, its defaults).
 LATENT_DIM = 4

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-import cnf as cnf_module
 from cnf import (
     CNF,
     CNFODEF,
@@ -243,39 +242,6 @@ def test_support_fraction_separates_data_from_a_miss():
     assert support_fraction(far, ref, cal)[0] == 0.0
     half, _ = support_fraction(torch.cat([new[:500], far]), ref, cal)
     assert half == pytest.approx(support_fraction(new[:500], ref, cal)[0] / 2)
-
-
-def test_eval_time_waits_for_the_gpu_before_each_reading(monkeypatch):
-    """With CUDA in use, every reading of the clock after fn() follows a synchronisation."""
-    log = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: log.append("sync"))
-    clock = iter(range(100))
-    monkeypatch.setattr(cnf_module.time, "perf_counter",
-                        lambda: log.append("clock") or float(next(clock)))
-    seconds = cnf_module.eval_time(lambda: log.append("fn"), repeats=3)
-    monkeypatch.undo()
-    assert log == ["fn", "sync"] + ["clock", "fn", "sync", "clock"] * 3, log
-    assert seconds == 1.0
-
-
-def _pid(_):
-    import os
-    return os.getpid()
-
-
-def test_in_parallel_runs_the_jobs_in_worker_processes(monkeypatch):
-    import multiprocessing
-    import os
-    if "fork" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no fork here")
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # the same path on a one-core machine
-    done = []
-    pids = cnf_module.in_parallel(_pid, list(range(4)), progress=done.append, workers=2)
-    assert len(pids) == 4 and os.getpid() not in pids and done == [1] * 4, pids
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert cnf_module.in_parallel(_pid, list(range(3))) == [os.getpid()] * 3
 
 
 def test_a_fresh_planar_flow_starts_near_the_identity():

@@ -9,11 +9,13 @@ synchronisation) is of order one.
 import pytest
 import torch
 
+import measure
 import mnist
-import nbutils
 import spirals as S
-from cnf import CNF, PlanarField, eval_time, make_data
+import workers
+from cnf import CNF, PlanarField, make_data
 from odecore import NNODEF, NeuralODE
+from problems import rel_err
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -21,7 +23,7 @@ GPU = torch.device("cuda")
 
 
 def rel(a, b):
-    return float((a.cpu() - b.cpu()).norm() / b.cpu().norm())
+    return rel_err(a.cpu(), b.cpu())
 
 
 def grads(func, z0, t, device, **opts):
@@ -57,15 +59,15 @@ def test_cnf_density_on_the_gpu_is_the_cpus():
     assert gpu.is_cuda and rel(gpu, cpu) < 1e-6  # dopri5 at 1e-9, as above
 
 
-def test_eval_time_waits_for_the_kernels():
+def test_seconds_waits_for_the_kernels():
     a = torch.randn(4096, 4096, device=GPU)
-    seconds = eval_time(lambda: a @ a, repeats=3)
+    seconds = measure.seconds(lambda: a @ a, repeats=3)
     # 2 x 4096^3 flops: even 1,000 TFLOP/s takes 0.1 ms; a launch alone returns in microseconds
     assert seconds > 2 * 4096**3 / 1e15
 
 
 def test_peak_memory_on_the_gpu_sees_a_temporary_tensor():
-    mb = nbutils.peak_memory_mb(lambda: torch.empty(100 * 2**20, dtype=torch.uint8, device=GPU),
+    mb = measure.peak_memory_mb(lambda: torch.empty(100 * 2**20, dtype=torch.uint8, device=GPU),
                                 GPU)
     assert 100 <= mb < 101, mb  # the allocator's peak: exact, rounded up to its 2 MB blocks
 
@@ -90,5 +92,5 @@ def test_spiral_models_train_on_the_gpu_in_turn():
     cfg = S.TrainConfig(iters=2, batch_size=8, window=30, n_obs=(5,))
     tiny = S.ModelConfig(rnn_hidden=8, latent_dim=3, ode_hidden=8, dec_hidden=8)
     jobs = [(kind, tiny, train, cfg, 0, GPU) for kind in ("Latent ODE", "RNN")]
-    for model, hist in S.run_parallel(S.train_new, jobs):  # on a GPU: in this process
+    for model, hist in workers.run(S.train_job, jobs):  # on a GPU: in this process
         assert next(model.parameters()).is_cuda and len(hist["loss"]) == 2

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+import measure
 import mnist
+import nbutils
 import odecore
 
 # tiny models: one thread; thresholds on floating-point results (make test runs them twice)
@@ -12,7 +14,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerical]
 
 def test_parameter_counts_match_table_1():
     # the paper: ODE-Net and RK-Net 0.22M, ResNet 0.60M, MLP 0.24M
-    counts = {name: mnist.n_params(mnist.build_model(name)) for name in mnist.NAMES}
+    counts = {name: nbutils.n_parameters(mnist.build_model(name)) for name in mnist.NAMES}
     assert counts == {"ODE-Net": 208_010, "RK-Net": 208_010, "ResNet": 576_778,
                       "MLP": 238_510}
 
@@ -54,7 +56,7 @@ def test_ode_net_and_rk_net_differ_only_in_how_gradients_flow():
 
 def test_convodef_takes_shared_and_per_sample_times():
     torch.manual_seed(0)
-    f = mnist.ConvODEF(8).eval()
+    f = odecore.ConvODEF(8).eval()
     z = torch.randn(3, 8, 5, 5)
     shared = f(z, torch.tensor(0.3))
     per_sample = f(z, torch.full((3, 1), 0.3))
@@ -122,21 +124,14 @@ def test_memory_probe_in_fresh_processes():
 
 
 def test_memory_probe_reports_a_failing_child():
-    with pytest.raises(RuntimeError, match="memory probe"):
+    with pytest.raises(RuntimeError, match="failed in a fresh process"):
         mnist.step_memory_mb_fresh("VGG", 2, {})
 
 
 def test_seconds_per_iteration_at_the_posts_setting(monkeypatch):
     X, Y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
-    readings = iter([0.0, 100.0, 101.0, 200.0, 203.0, 300.0, 302.0])  # warm-up start; 1, 3, 2 s
-    monkeypatch.setattr(mnist.time, "perf_counter", lambda: next(readings))
+    readings = iter([100.0, 101.0, 200.0, 203.0, 300.0, 302.0])  # 1, 3, 2 s
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(readings))
     s, nf, nb = mnist.seconds_per_iteration(X, Y, n=3, batch=4, warmup=1)
     assert s == 2.0  # the median of the timed iterations; the warm-up is not timed
     assert (nf, nb) == (20, 20)  # Euler, 20 steps, adjoint
-
-
-def test_markdown_table():
-    import pandas as pd
-
-    df = pd.DataFrame({"a": [1, 2]}, index=pd.Index(["x", "y"], name="k"))
-    assert mnist.markdown_table(df) == "| k | a |\n|---|---|\n| x | 1 |\n| y | 2 |"

@@ -1,17 +1,15 @@
-"""nbutils: progress bars in each place a notebook runs, memory measurement, the run summary."""
+"""nbutils: progress bars in each place a notebook runs, the setup, the run summary, records."""
 
-import subprocess
-import sys
 import time
-import types
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from nbclient import NotebookClient
 
 import nbutils
-from nbutils import peak_memory_mb, progress, progress_mode, run_summary
+from nbutils import progress, progress_mode, run_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -88,88 +86,33 @@ def test_bars_in_a_kernel(monkeypatch, mode):
 
 
 # --------------------------------------------------------------------------
-# Peak memory
-# --------------------------------------------------------------------------
-def in_fresh_python(*lines: str, check: bool = True) -> str:
-    """What `lines` print, run in a new interpreter that imports from the repository;
-    with `check`, a failure raises with the child's stderr."""
-    script = "\n".join(["import sys", "sys.path.insert(0, sys.argv[1])", *lines])
-    run = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True,
-                         text=True, timeout=120)
-    if check and run.returncode:
-        raise RuntimeError(f"fresh python failed:\n{run.stderr}")
-    return run.stdout
-
-
-def fresh_peak_mb(setup: str = "") -> float:
-    """peak_memory_mb of a 100 MB temporary array, after `setup`, in a fresh process.
-    Fresh, as the notebooks measure: in a long-lived process (this one, after the
-    other tests) malloc can hand out memory that is freed but still resident, and
-    a peak made of it shows no rise at all (CI's clean clone read 0.004 MB)."""
-    return float(in_fresh_python(
-        "from pathlib import Path", "import numpy as np", "import nbutils", setup,
-        "print(nbutils.peak_memory_mb(lambda: np.ones(100 * 2**20 // 8).sum()))"))
-
-
-def test_peak_memory_sees_a_temporary_array():
-    assert 80 < fresh_peak_mb() < 200
-
-
-@pytest.mark.skipif(not nbutils._PROC_STATM.exists(), reason="no /proc/self/statm to sample")
-def test_peak_memory_without_a_resettable_high_water_mark():
-    """Where VmHWM cannot be reset (a read-only /proc, some sandboxes) and the process
-    peaked higher before: the resident set sampled while fn runs still sees fn's peak."""
-    setup = ("np.ones(300 * 2**20 // 8).sum()\n"
-             "nbutils._PROC_CLEAR_REFS = Path('/nonexistent/clear_refs')")
-    assert 80 < fresh_peak_mb(setup) < 200
-
-
-def hwm_resets() -> bool:
-    """Does this kernel keep VmHWM and reset it on request? (in a fresh process)"""
-    out = in_fresh_python("import numpy as np, nbutils",
-                          "print(nbutils._peak_mb_proc(lambda: np.ones(50 * 2**20 // 8).sum()))",
-                          check=False)
-    return bool(out.strip()) and float(out) > 40
-
-
-@pytest.mark.skipif(not hwm_resets(), reason="this kernel does not keep a resettable VmHWM")
-def test_peak_memory_high_water_mark_sees_what_sampling_misses():
-    """With the sampler reading only once, on entry, the result is the high-water mark's."""
-    assert 80 < fresh_peak_mb("nbutils._RssSampler.interval = 3600.0") < 200
-
-
-def test_peak_memory_without_proc_warns_and_reads_the_lifetime_peak(monkeypatch):
-    """Without /proc (macOS): the rise of getrusage's high-water mark, in MB, with a warning."""
-    rss = iter([1000 * 2**10, 1150 * 2**10])  # ru_maxrss before and after fn(), in kB (Linux)
-
-    class FakeResource:
-        RUSAGE_SELF = 0
-
-        @staticmethod
-        def getrusage(who):
-            return types.SimpleNamespace(ru_maxrss=next(rss))
-
-    monkeypatch.setattr(nbutils, "_PROC_STATUS", Path("/nonexistent/status"))
-    monkeypatch.setattr(nbutils, "_PROC_STATM", Path("/nonexistent/statm"))
-    monkeypatch.setitem(sys.modules, "resource", FakeResource)
-    monkeypatch.setattr(sys, "platform", "linux")
-    with pytest.warns(RuntimeWarning, match="lifetime peak"):
-        assert peak_memory_mb(lambda: None) == 150.0
-
-
-def test_peak_memory_says_when_it_cannot(monkeypatch):
-    monkeypatch.setattr(nbutils, "_PROC_STATUS", Path("/nonexistent/status"))
-    monkeypatch.setattr(nbutils, "_PROC_STATM", Path("/nonexistent/statm"))
-    monkeypatch.setitem(sys.modules, "resource", None)  # as on Windows: no resource module
-    with pytest.raises(RuntimeError, match="cannot measure CPU memory"):
-        peak_memory_mb(lambda: None)
-
-
-# --------------------------------------------------------------------------
 # How this run was made
 # --------------------------------------------------------------------------
-def test_run_summary_names_budget_versions_and_time():
-    text = run_summary(time.perf_counter() - 2.0, "smoke", "cpu")
+def test_setup_decides_once_what_every_notebook_needs(monkeypatch, tmp_path, one_thread):
+    monkeypatch.setattr(nbutils, "_RUN", {})
+    with pytest.raises(RuntimeError, match="setup"):
+        run_summary()
+    monkeypatch.setenv("NODE_BUDGET", "smoke")
+    monkeypatch.setattr(nbutils, "output_dir", lambda *p: tmp_path.joinpath(*p))
+    monkeypatch.setattr(nbutils, "REPO_ROOT", tmp_path)
+    torch.set_num_threads(2)
+    budget, device, assets = nbutils.setup(threads=1, seed=3)
+    assert (budget, device.type, torch.get_num_threads()) == ("smoke", "cpu", 1)
+    assert assets == tmp_path / "smoke-assets" and assets.is_dir()  # quick alone: assets/
+    drawn = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(drawn, torch.rand(3))  # seeded
+    monkeypatch.setenv("NODE_BUDGET", "quick")
+    assert nbutils.setup().assets == tmp_path / "assets"
+    monkeypatch.setenv("NODE_BUDGET", "huge")
+    with pytest.raises(ValueError, match="NODE_BUDGET='huge'"):
+        nbutils.setup()
+
+
+def test_run_summary_names_budget_versions_and_time(monkeypatch):
+    monkeypatch.setattr(nbutils, "_RUN", dict(start=time.perf_counter() - 2.0, budget="smoke",
+                                              device="cpu"))
+    text = run_summary()
     assert "budget smoke, device cpu" in text
     assert "torch " in text and "python " in text
     assert "s wall" in text and "s of CPU" in text

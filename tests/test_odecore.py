@@ -1,36 +1,36 @@
 """odecore against independent answers: exact solutions, autograd, gradcheck."""
 
 import math
-import os
 import re
 import signal
-import subprocess
-import sys
-import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import measure
 from nbutils import get_budget, save_gif
 from odecore import (
+    ADJOINT_NORMS,
     NNODEF,
     ODEF,
+    ConvODEF,
     LinearODEF,
     NeuralODE,
     ODEAdjoint,
     ODESolveError,
+    SolverOptions,
+    mixed_norm,
     ode_solve,
     odeint,
-    tolerance_sweep,
+    seminorm,
 )
+from problems import A_TRUE, GRIDS, adjoint_grads, exact_grads, exact_path, problem, rel_err
 
 pytestmark = pytest.mark.numerical  # make test runs these twice, on two kernel paths
-ROOT = Path(__file__).resolve().parents[1]
-A_TRUE = [[-0.1, -1.0], [1.0, -0.1]]
 
 
 @contextmanager
@@ -45,59 +45,6 @@ def time_limit(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-# --------------------------------------------------------------------------
-# The linear test problem: z(t) = expm(A (t - t0)) z0, differentiable exactly.
-# --------------------------------------------------------------------------
-def exact_path(A, z0, t):
-    """(T, batch, 2) exact states for a shared (T,) or per-sample (T, batch, 1) grid."""
-    if t.dim() == 1:
-        E = torch.linalg.matrix_exp(A * (t - t[0]).reshape(-1, 1, 1))
-        return torch.einsum("tij,bj->tbi", E, z0)
-    E = torch.linalg.matrix_exp(A * (t - t[0]).unsqueeze(-1))  # (T, batch, 2, 2)
-    return torch.einsum("tbij,bj->tbi", E, z0)
-
-
-GRIDS = {
-    "shared": lambda: torch.tensor([0.0, 0.4, 1.2, 2.0], dtype=torch.float64),
-    "shared-backward": lambda: torch.tensor([2.0, 1.2, 0.4, 0.0], dtype=torch.float64),
-    # per-sample grids: each sample has its own times; intervals divide 0.4 evenly
-    # for the first sample, which has the longest intervals.
-    "per-sample": lambda: torch.tensor(
-        [[0.0, 0.1, -0.3], [0.4, 0.3, -0.1], [1.2, 1.0, 0.2], [2.0, 1.5, 0.7]],
-        dtype=torch.float64).unsqueeze(-1),
-    "per-sample-backward": lambda: torch.tensor(
-        [[2.0, 1.5, 0.7], [1.2, 1.0, 0.2], [0.4, 0.3, -0.1], [0.0, 0.1, -0.3]],
-        dtype=torch.float64).unsqueeze(-1),
-}
-
-
-def problem(grid):
-    torch.manual_seed(1)
-    A = torch.tensor(A_TRUE, dtype=torch.float64) + 0.1 * torch.randn(2, 2, dtype=torch.float64)
-    t = GRIDS[grid]()
-    z0 = torch.randn(3, 2, dtype=torch.float64)
-    w = torch.randn(t.shape[0], 3, 2, dtype=torch.float64)  # L = sum_i <w_i, z(t_i)>
-    return A, z0, t, w
-
-
-def exact_grads(A, z0, t, w):
-    A, z0, t = (x.clone().requires_grad_() for x in (A, z0, t))
-    (exact_path(A, z0, t) * w).sum().backward()
-    return z0.grad, A.grad, t.grad
-
-
-def adjoint_grads(A, z0, t, w, **opts):
-    func = LinearODEF(A)
-    ode = NeuralODE(func, **opts)
-    z0, t = z0.clone().requires_grad_(), t.clone().requires_grad_()
-    (ode(z0, t, return_whole_sequence=True) * w).sum().backward()
-    return z0.grad, func.lin.weight.grad, t.grad
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def observed_orders(errors):
@@ -317,7 +264,7 @@ def test_gradcheck_adjoint_and_direct():
     # Times off the step grid: the number of fixed steps, ceil(dt / h_max), must
     # not jump under gradcheck's finite-difference perturbation.
     t = torch.tensor([0.0, 0.47, 1.0], dtype=torch.float64, requires_grad=True)
-    opts = dict(method="rk4", h_max=0.03, rtol=1e-5, atol=1e-7, max_steps=10_000)
+    opts = SolverOptions(method="rk4", h_max=0.03, rtol=1e-5, atol=1e-7, max_steps=10_000)
     # The adjoint solves a different (continuous) problem than the discrete
     # forward, so it matches finite differences up to O(h^4), well inside atol.
     assert torch.autograd.gradcheck(
@@ -455,11 +402,6 @@ def test_seminorm_gradients_converge_and_cost_no_more(case):
         assert last <= first / SEMINORM_ERROR_DROP, (name, first, last)
 
 
-def load_conv_odef():
-    """Notebook 02's ConvODEF, from the module the notebook and the benchmark import it from."""
-    from mnist import ConvODEF
-
-    return ConvODEF
 
 
 def test_seminorm_cuts_convodef_backward_nfe():
@@ -472,7 +414,7 @@ def test_seminorm_cuts_convodef_backward_nfe():
     float64 case saves about two thirds), the forward pass unchanged.
     """
     torch.manual_seed(0)
-    func = load_conv_odef()(16).double().eval()
+    func = ConvODEF(16).double().eval()
     z0 = torch.randn(2, 16, 4, 4, dtype=torch.float64)
     w = torch.randn_like(z0)
     out = {}
@@ -499,10 +441,20 @@ def test_seminorm_cuts_convodef_backward_nfe():
     assert rel_err(gzs, gzm) < bound and rel_err(gps, gpm) < bound, bound
 
 
+def test_the_seminorm_measures_z_and_a_alone():
+    """The step controller's norms are functions of (err, y0, y1): a large error in a third
+    part (a parameter adjoint) rejects a step under the mixed norm only."""
+    y = [torch.ones(3), torch.ones(3), torch.ones(5)]
+    err = [torch.full((3,), 1e-6), torch.full((3,), 1e-6), torch.full((5,), 1.0)]
+    assert seminorm(err, y, y, 1e-3, 1e-6) < 1 < mixed_norm(err, y, y, 1e-3, 1e-6)
+    assert seminorm(err, y, y, 1e-3, 1e-6) == mixed_norm(err[:2], y[:2], y[:2], 1e-3, 1e-6)
+    assert ADJOINT_NORMS == {"seminorm": seminorm, "mixed": mixed_norm}
+
+
 def test_adjoint_norm_option():
     with pytest.raises(ValueError, match="adjoint_norm"):
         NeuralODE(NNODEF(2, 4), adjoint_norm="l2")
-    assert NeuralODE(NNODEF(2, 4)).opts["adjoint_norm"] == "seminorm"
+    assert NeuralODE(NNODEF(2, 4)).opts.adjoint_norm == "seminorm"
 
 
 def test_tolerance_sweep_against_the_matrix_exponential(monkeypatch):
@@ -516,8 +468,8 @@ def test_tolerance_sweep_against_the_matrix_exponential(monkeypatch):
 
     def fake_clock():
         return float(sum(range(next(readings) + 1)))
-    monkeypatch.setattr("odecore.time.perf_counter", fake_clock)
-    rows = tolerance_sweep(func, z0, tols, loss_fn=lambda z: z.pow(2).sum(), repeats=3,
+    monkeypatch.setattr("measure.time.perf_counter", fake_clock)
+    rows = measure.tolerance_sweep(func, z0, tols, loss_fn=lambda z: z.pow(2).sum(), repeats=3,
                            ref_tol=ref_tol)
     monkeypatch.undo()
     t01 = torch.tensor([0.0, 1.0], dtype=torch.float64)
@@ -597,38 +549,11 @@ def test_adjoint_saves_the_same_for_10_and_1000_steps():
     assert saved_bytes(False, 1000) > 50 * saved_bytes(False, 10) / 2
 
 
-PEAK_SCRIPT = textwrap.dedent("""
-    import sys, torch
-    sys.path.insert(0, {root!r})
-    from nbutils import peak_memory_mb
-    from odecore import ODEF, NeuralODE
-    torch.set_num_threads(1)
-
-    class Squash(ODEF):  # cheap per step, large state: memory shows, time does not
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.full((512,), 0.5))
-
-        def forward(self, z, t):
-            return torch.tanh(z) * self.w
-
-    adjoint, steps = sys.argv[1] == "1", int(sys.argv[2])
-    z0 = torch.randn(256, 512, requires_grad=True)   # 0.5 MB of float32
-    ode = NeuralODE(Squash(), method="euler", h_max=1.0 / steps, adjoint=adjoint)
-    NeuralODE(Squash(), method="euler", h_max=1.0)(z0).sum().backward()  # warm-up, 1 step
-    print(peak_memory_mb(lambda: ode(z0).sum().backward()))
-""")
-
-
 def peak_mb(configs):
-    """Peak resident memory (MB) of training steps, one fresh process per configuration."""
-    # glibc's dynamic mmap threshold would keep freed blocks resident: turn it off
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    procs = [subprocess.Popen([sys.executable, "-c", PEAK_SCRIPT.format(root=str(ROOT)),
-                               "1" if adjoint else "0", str(steps)],
-                              stdout=subprocess.PIPE, text=True, env=env)
-             for adjoint, steps in configs]
-    return [float(p.communicate(timeout=300)[0]) for p in procs]
+    """Peak memory (MB) of training steps, one fresh process per configuration, side by side."""
+    with ThreadPoolExecutor(len(configs)) as pool:
+        return list(pool.map(lambda c: measure.in_fresh_process(
+            "problems:training_step_peak_mb", *c, timeout=300), configs))
 
 
 def test_peak_memory_of_a_training_step_is_flat_with_adjoint():

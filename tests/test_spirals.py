@@ -9,7 +9,8 @@ import torch
 
 import nbutils
 import spirals as S
-from odecore import LinearODEF, odeint
+import workers
+from odecore import LinearODEF, NeuralODE, odeint
 
 pytestmark = pytest.mark.numerical  # make test runs these twice, on two kernel paths
 SMALL = S.SpiralConfig(n_spirals=40, n_test=10, n_points=60, t_max=6.0, seed=3)
@@ -80,7 +81,7 @@ def test_paper_windows_shape_balance_noise_and_split():
 
 
 def test_cache_is_keyed_by_kind_and_settings(tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "output_dir", lambda *p: tmp_path.joinpath(*p))
+    monkeypatch.setattr(S.data, "output_dir", lambda *p: tmp_path.joinpath(*p))
     (tmp_path / "cache").mkdir()
     other = S.SpiralConfig(**{**SMALL.__dict__, "seed": 4})
     assert len({SMALL.key(), other.key(), PAPER_SMALL.key()}) == 3
@@ -210,7 +211,7 @@ def test_max_abs_leaves_out_the_heavy_training_samples(small, monkeypatch, one_t
     limit = float(big.median())
     seen = []
     real = S.sample_batch
-    monkeypatch.setattr(S, "sample_batch", lambda data, *a, **k: (
+    monkeypatch.setattr(S.training, "sample_batch", lambda data, *a, **k: (
         seen.append(data), real(data, *a, **k))[1])
     cfg = S.TrainConfig(iters=2, batch_size=8, window=20, n_obs=(5,), max_abs=limit)
     S.train_new("RNN", TINY, train, cfg, 0, "cpu")
@@ -271,7 +272,7 @@ def test_model_shapes_and_the_same_latent_size(paper_small):
     # (x, gap), a 4-d z0 (mean and log-variance: 8 outputs), f and g with 20 hidden units
     paper = S.new_model("Latent ODE", S.ModelConfig.paper(), 0, "cpu")
     gru = 3 * (3 * 25 + 25 * 25 + 2 * 25)
-    assert S.n_parameters(paper) == gru + (25 * 8 + 8) + (4 * 20 + 20 + 20 * 4 + 4) + (
+    assert nbutils.n_parameters(paper) == gru + (25 * 8 + 8) + (4 * 20 + 20 + 20 * 4 + 4) + (
         4 * 20 + 20 + 20 * 2 + 2)
     assert paper.code(b.x_obs, b.t_obs).shape == (len(test), 4)
 
@@ -324,35 +325,18 @@ def test_both_models_train_on_the_same_batches_and_learn(paper_small, one_thread
     assert hists["Latent ODE"]["k"] == hists["RNN"]["k"]
 
 
-def _pid(_):
-    return os.getpid()
-
-
-def test_parallel_jobs_run_in_worker_processes(monkeypatch, one_thread):
-    """On a machine with two cores (faked here, so one core runs the same path) the jobs
-    run in other processes; on one core, in this one."""
-    if "fork" not in __import__("multiprocessing").get_all_start_methods():
-        pytest.skip("no fork here")
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    pids = S.run_parallel(_pid, [(i,) for i in range(4)], workers=2)
-    assert os.getpid() not in pids, pids
-    assert os.getpid() not in [S.submit(_pid, 0).result()]
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert S.run_parallel(_pid, [(i,) for i in range(4)], workers=2) == [os.getpid()] * 4
-
-
 def test_parallel_jobs_equal_jobs_run_in_turn(paper_small, monkeypatch, one_thread):
     train, _ = paper_small
     cfg = S.TrainConfig(iters=3, batch_size=8, window=30, n_obs=(5,))
     jobs = [(kind, TINY, train, cfg, 7, "cpu") for kind in ("Latent ODE", "RNN")]
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # workers, even on a one-core machine
     torch.manual_seed(123)
-    forked = S.run_parallel(S.train_new, jobs, workers=2)
-    one = S.submit(S.train_new, *jobs[1]).result()
-    monkeypatch.setattr(S.os, "cpu_count", lambda: 1)
+    forked = workers.run(S.train_job, jobs)
+    one = workers.submit(S.train_job, jobs[1]).result()
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
     torch.manual_seed(456)
-    in_turn = S.run_parallel(S.train_new, jobs)
-    assert isinstance(S.submit(S.train_new, *jobs[1]), S._Done)
+    in_turn = workers.run(S.train_job, jobs)
+    assert isinstance(workers.submit(S.train_job, jobs[1]), workers._Done)
     for (ma, ha), (mb, hb) in zip(forked, in_turn):
         assert ha["loss"] == hb["loss"]
         for (name, a), b in zip(ma.state_dict().items(), mb.state_dict().values()):
@@ -441,12 +425,12 @@ def test_training_monitor_scores_the_heldout_batch(paper_small, one_thread):
 
 
 def test_spawned_workers_give_the_same_models(paper_small, monkeypatch, one_thread):
-    # macOS and Windows get spawned workers (nbutils.start_method): the jobs must pickle
+    # macOS and Windows get spawned workers (workers.start_method): the jobs must pickle
     train, _ = paper_small
     cfg = S.TrainConfig(iters=2, batch_size=4, window=30, n_obs=(5,))
     jobs = [(kind, TINY, train, cfg, 3, "cpu") for kind in ("Latent ODE", "RNN")]
-    monkeypatch.setattr(nbutils, "start_method", lambda fn, device: ("spawn", "test"))
-    spawned = S.run_parallel(S.train_new, jobs, workers=2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    spawned = workers.run(S.train_job, jobs, system="darwin")
     in_turn = [S.train_new(*job) for job in jobs]
     for (_, ha), (_, hb) in zip(spawned, in_turn):
         assert ha["loss"] == hb["loss"]
@@ -542,19 +526,19 @@ def test_warm_start_solves_with_euler_then_with_the_models_own_solver(paper_smal
                                                                        one_thread):
     train, _ = paper_small
     used = []
-    real = S.NeuralODE.forward
+    real = NeuralODE.forward
 
     def spy(self, *args, **kwargs):  # note which solver each decoding used
-        used.append(self.opts["method"])
+        used.append(self.opts.method)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(S.NeuralODE, "forward", spy)
+    monkeypatch.setattr(NeuralODE, "forward", spy)
     model = S.new_model("Latent ODE", dataclasses.replace(TINY, method="rk4"), 0, "cpu")
     own = model.ode
     cfg = S.TrainConfig(iters=5, batch_size=4, window=30, n_obs=(5,), warm_method="euler",
                         warm_frac=0.6)
     S.train_model(model, train, cfg)
-    assert model.ode is own and own.opts["method"] == "rk4"
+    assert model.ode is own and own.opts.method == "rk4"
     assert used == ["euler"] * 3 + ["rk4"] * 2, used  # int(0.6 * 5) = 3 warm iterations
     used.clear()
     rnn = S.new_model("RNN", TINY, 0, "cpu")  # no ODE: nothing to warm
