@@ -19,3 +19,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def small():
+    """The post's spirals, small (`problems.SMALL`): train and held-out parts."""
+    import spirals as S
+    from problems import SMALL
+
+    return S.make_spirals(SMALL)
+
+
+@pytest.fixture(scope="session")
+def paper_small():
+    """The paper's spirals, small (`problems.PAPER_SMALL`): train and held-out parts."""
+    import spirals as S
+    from problems import PAPER_SMALL
+
+    return S.make_paper_spirals(PAPER_SMALL)

@@ -5,7 +5,10 @@ gradients, `Squash`, and the relative error every comparison reports.
 The benchmark imports this module too (`make bench` puts `tests/` on its path).
 """
 
+import math
 import os
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import torch
 from torch import nn
 
 import measure
+import spirals as S
 from measure import peak_memory_mb
 from odecore import ODEF, LinearODEF, NeuralODE
 
@@ -35,6 +39,82 @@ GRIDS = {
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """|a - b| / |b| (Frobenius), the relative error every comparison here reports."""
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+# --------------------------------------------------------------------------
+# What the solvers guarantee, and a smooth nonlinear field
+# --------------------------------------------------------------------------
+@contextmanager
+def time_limit(seconds: float):
+    """Fail instead of hanging (pytest-timeout is not a dependency)."""
+    def handler(signum, frame):
+        raise TimeoutError(f"took longer than {seconds} s")
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def observed_orders(errors):
+    return [math.log2(e0 / e1) for e0, e1 in zip(errors, errors[1:])]
+
+
+# Every step-size sequence below halves h, so a method of order p divides the error by 2^p:
+# the observed order is p plus the next term of the error expansion, O(h), which at these
+# steps moves it by less than 0.15. +-0.3 leaves room for that term; a bug that costs an
+# order (a missing stage, a stale f) moves it by 1. The errors compared are 1e-10 or more,
+# a million times float64's round-off, so no CPU's rounding moves an order.
+ORDER_SLACK = 0.3
+
+
+def growth(A, T):
+    """How much the flow of dz/dt = Az (or of the adjoint's -A^T a) can stretch a
+    perturbation over a time T: e^(mu T), mu the largest eigenvalue of (A + A^T)/2."""
+    mu = float(torch.linalg.eigvalsh((A + A.T) / 2).max())
+    return math.exp(max(mu, 0.0) * T)
+
+
+def dopri5_bound(nfe, n, rtol, atol, y_max, stretch=1.0):
+    """The 2-norm error dopri5 allows over a whole solve (asymptotically, small steps).
+
+    Each accepted step keeps the RMS of err_i / (atol + rtol |y_i|) at most 1, so its
+    local error is at most sqrt(n) (atol + rtol max|y|) in the 2-norm; a solve of `nfe`
+    evaluations takes at most nfe / 6 steps (six new evaluations a step); the flow carries
+    each local error to the end stretched by at most `stretch`. The estimate is of the
+    embedded 4th-order solution, and the 5th-order one that is kept errs less.
+    """
+    return nfe / 6 * math.sqrt(n) * (atol + rtol * y_max) * stretch
+
+
+class TanhMLP(ODEF):
+    """A smooth, time-dependent MLP field. Not NNODEF: ELU's second derivative jumps at
+    0, and the adjoint's dynamics contain f's derivative, so an adaptive solver's error
+    estimate fails at every kink it steps over and the error at a tolerance then depends
+    on where the steps land: on the CPU's rounding (280 x rtol on one machine, 100 x on
+    another). Weights scaled by 2 so that the field is not trivial for the solver."""
+
+    def __init__(self, dim=2, hidden=16, scale=2.0):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(dim + 1, hidden), nn.Linear(hidden, hidden)
+        self.l3 = nn.Linear(hidden, dim)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.mul_(scale)
+
+    def forward(self, z, t):
+        z = torch.cat((z, t.expand(*z.shape[:-1], 1)), dim=-1)
+        return self.l3(torch.tanh(self.l2(torch.tanh(self.l1(z)))))
+
+
+def rk4_linear_bound(A, T, h):
+    """RK4's global error on dz/dt = Az, relative to |z0|: its one-step map is the Taylor
+    polynomial of e^(hA) to degree 4, so each step errs by at most (h|A|)^5/120 e^(h|A|),
+    and T/h steps carried by e^(|A| T) add up to T |A|^5 h^4 / 120 e^(|A|(T + h))."""
+    a = float(torch.linalg.matrix_norm(A, 2))
+    return T * a**5 * h**4 / 120 * math.exp(a * (T + h))
 
 
 # --------------------------------------------------------------------------
@@ -122,3 +202,13 @@ def high_water_mark_mb() -> float:
 
 def child_facts(x: int) -> list:
     return [x + 1, torch.get_num_threads(), os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.getpid()]
+
+
+# --------------------------------------------------------------------------
+# Small spirals and a tiny model, for tests/test_spirals_*.py (fixtures in conftest.py)
+# --------------------------------------------------------------------------
+SMALL = S.SpiralConfig(n_spirals=40, n_test=10, n_points=60, t_max=6.0, seed=3)
+PAPER_SMALL = S.PaperSpiralConfig(n_windows=60, n_test=20, n_total=120, window=30, horizon=20,
+                                  seed=5)
+TINY = S.ModelConfig(rnn_hidden=8, latent_dim=3, ode_hidden=8, dec_hidden=8, method="euler",
+                     h_max=0.2)

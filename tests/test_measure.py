@@ -10,6 +10,8 @@ import torch
 
 import measure
 from measure import in_fresh_process, markdown_table, peak_memory_mb
+from odecore import LinearODEF, odeint
+from problems import dopri5_bound, exact_path, problem, rel_err
 
 
 # --------------------------------------------------------------------------
@@ -103,6 +105,49 @@ def test_in_fresh_process_returns_the_result_of_a_new_one_thread_process():
 def test_in_fresh_process_reports_a_failing_child():
     with pytest.raises(RuntimeError, match="failed in a fresh process"):
         in_fresh_process("problems:no_such_function", timeout=120)
+
+
+# --------------------------------------------------------------------------
+# What an adaptive solve costs
+# --------------------------------------------------------------------------
+@pytest.mark.numerical
+def test_tolerance_sweep_against_the_matrix_exponential(monkeypatch):
+    """Figure 3's measurements: the error it reports is the solve's true error, up to its
+    reference's own error; each error within what dopri5 allows at that tolerance; the
+    time is the median of the repeated solves."""
+    A, z0, _, _ = problem("shared")
+    func = LinearODEF(A)
+    tols, ref_tol = [1e-2, 1e-4, 1e-6], 1e-9
+    readings = iter(range(10**6))  # a fake clock: each solve takes one tick more than the last
+
+    def fake_clock():
+        return float(sum(range(next(readings) + 1)))
+    monkeypatch.setattr("measure.time.perf_counter", fake_clock)
+    rows = measure.tolerance_sweep(func, z0, tols, loss_fn=lambda z: z.pow(2).sum(), repeats=3,
+                           ref_tol=ref_tol)
+    monkeypatch.undo()
+    t01 = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    exact = exact_path(A, z0, t01)[-1]
+    with torch.no_grad():
+        ref = odeint(LinearODEF(A), z0, t01, "dopri5", rtol=ref_tol, atol=ref_tol)[-1]
+    ref_err = rel_err(ref, exact)
+    for k, (row, tol) in enumerate(zip(rows, tols)):
+        with torch.no_grad():
+            z1 = odeint(func, z0, t01, "dopri5", rtol=tol, atol=tol)[-1]
+        true = rel_err(z1, exact)
+        # |err vs ref - err vs exact| <= |ref - exact| / |exact| (triangle inequality), to
+        # first order in the reference's error, which is 1e-5 of the errors or less here
+        assert abs(row["error"] - true) <= 2 * ref_err + 1e-15, (row, true, ref_err)
+        bound = dopri5_bound(row["nfe_forward"], z0.numel(), tol, tol,
+                             float(exact.abs().max())) / float(exact.norm())
+        assert true <= bound, (tol, true, bound)
+        assert row["nfe_backward_seminorm"] <= row["nfe_backward_mixed"]
+        # Reading n of the fake clock is n(n+1)/2, so a solve between readings n and n+1
+        # takes n + 1 s; the sweep's 3k-th to (3k+2)-th solves read 6k..6k+5, and the median
+        # of 6k+1, 6k+3, 6k+5 seconds is the middle one.
+        assert row["forward_s"] == 6 * k + 3, row
+    assert [r["nfe_forward"] for r in rows] == sorted(r["nfe_forward"] for r in rows)
+    assert func.lin.weight.grad is None  # cleared after the backward passes
 
 
 # --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from nbclient import NotebookClient
 
 import nbutils
-from nbutils import progress, progress_mode, run_summary
+from nbutils import get_budget, progress, progress_mode, run_summary, save_gif
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -141,3 +141,30 @@ def test_committed_records_are_well_formed():
         assert f"{record['notebook']}-{record['budget']}" == path.stem
         assert (ROOT / "notebooks" / f"{record['notebook']}.ipynb").exists(), path
         assert record["numbers"], path
+
+
+# --------------------------------------------------------------------------
+# The budget and GIFs
+# --------------------------------------------------------------------------
+def test_budget(monkeypatch):
+    monkeypatch.setenv("NODE_BUDGET", "smoke")
+    assert get_budget() == "smoke"
+    monkeypatch.setenv("NODE_BUDGET", "huge")
+    with pytest.raises(ValueError, match="smoke, quick, full"):
+        get_budget()
+
+
+def test_save_gif(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    frames = []
+    for k in range(3):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, k])
+        frames.append(fig)
+    path = save_gif(frames, tmp_path / "x.gif", fps=4)
+    with Image.open(path) as im:
+        assert im.n_frames == 3

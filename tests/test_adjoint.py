@@ -1,159 +1,41 @@
-"""odecore against independent answers: exact solutions, autograd, gradcheck."""
+"""odecore's adjoint against independent answers: exact gradients of the linear ODE,
+autograd through the solver, gradcheck, the seminorm, and constant memory."""
 
-import math
-import re
-import signal
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import measure
-from nbutils import get_budget, save_gif
 from odecore import (
     ADJOINT_NORMS,
     NNODEF,
-    ODEF,
     ConvODEF,
     LinearODEF,
     NeuralODE,
     ODEAdjoint,
-    ODESolveError,
     SolverOptions,
     mixed_norm,
-    ode_solve,
     odeint,
     seminorm,
 )
-from problems import A_TRUE, GRIDS, adjoint_grads, exact_grads, exact_path, problem, rel_err
+from problems import (
+    A_TRUE,
+    GRIDS,
+    ORDER_SLACK,
+    TanhMLP,
+    adjoint_grads,
+    exact_grads,
+    exact_path,
+    observed_orders,
+    problem,
+    rel_err,
+    rk4_linear_bound,
+    time_limit,
+)
 
 pytestmark = pytest.mark.numerical  # make test runs these twice, on two kernel paths
-
-
-@contextmanager
-def time_limit(seconds: float):
-    """Fail instead of hanging (pytest-timeout is not a dependency)."""
-    def handler(signum, frame):
-        raise TimeoutError(f"took longer than {seconds} s")
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def observed_orders(errors):
-    return [math.log2(e0 / e1) for e0, e1 in zip(errors, errors[1:])]
-
-
-# Every step-size sequence below halves h, so a method of order p divides the error by 2^p:
-# the observed order is p plus the next term of the error expansion, O(h), which at these
-# steps moves it by less than 0.15. +-0.3 leaves room for that term; a bug that costs an
-# order (a missing stage, a stale f) moves it by 1. The errors compared are 1e-10 or more,
-# a million times float64's round-off, so no CPU's rounding moves an order.
-ORDER_SLACK = 0.3
-
-
-def growth(A, T):
-    """How much the flow of dz/dt = Az (or of the adjoint's -A^T a) can stretch a
-    perturbation over a time T: e^(mu T), mu the largest eigenvalue of (A + A^T)/2."""
-    mu = float(torch.linalg.eigvalsh((A + A.T) / 2).max())
-    return math.exp(max(mu, 0.0) * T)
-
-
-def dopri5_bound(nfe, n, rtol, atol, y_max, stretch=1.0):
-    """The 2-norm error dopri5 allows over a whole solve (asymptotically, small steps).
-
-    Each accepted step keeps the RMS of err_i / (atol + rtol |y_i|) at most 1, so its
-    local error is at most sqrt(n) (atol + rtol max|y|) in the 2-norm; a solve of `nfe`
-    evaluations takes at most nfe / 6 steps (six new evaluations a step); the flow carries
-    each local error to the end stretched by at most `stretch`. The estimate is of the
-    embedded 4th-order solution, and the 5th-order one that is kept errs less.
-    """
-    return nfe / 6 * math.sqrt(n) * (atol + rtol * y_max) * stretch
-
-
-class TanhMLP(ODEF):
-    """A smooth, time-dependent MLP field. Not NNODEF: ELU's second derivative jumps at
-    0, and the adjoint's dynamics contain f's derivative, so an adaptive solver's error
-    estimate fails at every kink it steps over and the error at a tolerance then depends
-    on where the steps land: on the CPU's rounding (280 x rtol on one machine, 100 x on
-    another). Weights scaled by 2 so that the field is not trivial for the solver."""
-
-    def __init__(self, dim=2, hidden=16, scale=2.0):
-        super().__init__()
-        self.l1, self.l2 = nn.Linear(dim + 1, hidden), nn.Linear(hidden, hidden)
-        self.l3 = nn.Linear(hidden, dim)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.mul_(scale)
-
-    def forward(self, z, t):
-        z = torch.cat((z, t.expand(*z.shape[:-1], 1)), dim=-1)
-        return self.l3(torch.tanh(self.l2(torch.tanh(self.l1(z)))))
-
-
-def rk4_linear_bound(A, T, h):
-    """RK4's global error on dz/dt = Az, relative to |z0|: its one-step map is the Taylor
-    polynomial of e^(hA) to degree 4, so each step errs by at most (h|A|)^5/120 e^(h|A|),
-    and T/h steps carried by e^(|A| T) add up to T |A|^5 h^4 / 120 e^(|A|(T + h))."""
-    a = float(torch.linalg.matrix_norm(A, 2))
-    return T * a**5 * h**4 / 120 * math.exp(a * (T + h))
-
-
-# --------------------------------------------------------------------------
-# Solver order
-# --------------------------------------------------------------------------
-@pytest.mark.parametrize("method,order,hs", [
-    ("euler", 1, [0.05, 0.025, 0.0125, 0.00625]),
-    ("rk4", 4, [0.4, 0.2, 0.1, 0.05]),
-])
-@pytest.mark.parametrize("grid", list(GRIDS))
-def test_solver_order(method, order, hs, grid):
-    A, z0, t, _ = problem(grid)
-    exact = exact_path(A, z0, t)
-    with torch.no_grad():
-        errors = [float((odeint(LinearODEF(A), z0, t, method, h) - exact).abs().max())
-                  for h in hs]
-    for p in observed_orders(errors):
-        assert abs(p - order) <= ORDER_SLACK, (errors, observed_orders(errors))
-
-
-def test_dopri5_error_stays_within_its_tolerance_and_nfe_grows():
-    A, z0, t, _ = problem("shared")
-    exact = exact_path(A, z0, t)
-    stretch = growth(A, float(t[-1] - t[0]))
-    y_max = float(exact.abs().max())
-    errors, nfes = [], []
-    for rtol in [1e-3, 1e-5, 1e-7, 1e-9]:
-        f = LinearODEF(A)
-        with torch.no_grad():  # the parameters need no graph here
-            z = odeint(f, z0, t, "dopri5", rtol=rtol, atol=rtol * 1e-2)
-        err = float((z - exact).flatten(1).norm(dim=1).max())
-        bound = dopri5_bound(f.nfe, z0.numel(), rtol, rtol * 1e-2, y_max, stretch)
-        assert err <= bound, (rtol, err, bound)
-        errors.append(err)
-        nfes.append(f.nfe)
-    assert all(b > a for a, b in zip(nfes, nfes[1:])), nfes
-    assert all(b < a for a, b in zip(errors, errors[1:])), errors
-
-
-def test_fixed_step_count_matches_post():
-    """ceil(|t1 - t0| / h_max) equal steps per interval, one evaluation each for Euler."""
-    f = LinearODEF(torch.tensor(A_TRUE))
-    odeint(f, torch.ones(1, 2), torch.tensor([0.0, 1.0, 1.26]), "euler", 0.1)
-    assert f.nfe == 10 + 3
-    f.nfe = 0
-    ode_solve(torch.ones(1, 2), 0.0, 1.0, f, method="rk4", h_max=0.25)
-    assert f.nfe == 4 * 4
-    f.nfe = 0  # float32 rounding of an interval must not add a step
-    odeint(f, torch.ones(1, 2), torch.tensor([4.2, 4.4]), "euler", h_max=0.2)
-    assert f.nfe == 1
 
 
 # --------------------------------------------------------------------------
@@ -457,74 +339,6 @@ def test_adjoint_norm_option():
     assert NeuralODE(NNODEF(2, 4)).opts.adjoint_norm == "seminorm"
 
 
-def test_tolerance_sweep_against_the_matrix_exponential(monkeypatch):
-    """Figure 3's measurements: the error it reports is the solve's true error, up to its
-    reference's own error; each error within what dopri5 allows at that tolerance; the
-    time is the median of the repeated solves."""
-    A, z0, _, _ = problem("shared")
-    func = LinearODEF(A)
-    tols, ref_tol = [1e-2, 1e-4, 1e-6], 1e-9
-    readings = iter(range(10**6))  # a fake clock: each solve takes one tick more than the last
-
-    def fake_clock():
-        return float(sum(range(next(readings) + 1)))
-    monkeypatch.setattr("measure.time.perf_counter", fake_clock)
-    rows = measure.tolerance_sweep(func, z0, tols, loss_fn=lambda z: z.pow(2).sum(), repeats=3,
-                           ref_tol=ref_tol)
-    monkeypatch.undo()
-    t01 = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    exact = exact_path(A, z0, t01)[-1]
-    with torch.no_grad():
-        ref = odeint(LinearODEF(A), z0, t01, "dopri5", rtol=ref_tol, atol=ref_tol)[-1]
-    ref_err = rel_err(ref, exact)
-    for k, (row, tol) in enumerate(zip(rows, tols)):
-        with torch.no_grad():
-            z1 = odeint(func, z0, t01, "dopri5", rtol=tol, atol=tol)[-1]
-        true = rel_err(z1, exact)
-        # |err vs ref - err vs exact| <= |ref - exact| / |exact| (triangle inequality), to
-        # first order in the reference's error, which is 1e-5 of the errors or less here
-        assert abs(row["error"] - true) <= 2 * ref_err + 1e-15, (row, true, ref_err)
-        bound = dopri5_bound(row["nfe_forward"], z0.numel(), tol, tol,
-                             float(exact.abs().max())) / float(exact.norm())
-        assert true <= bound, (tol, true, bound)
-        assert row["nfe_backward_seminorm"] <= row["nfe_backward_mixed"]
-        # Reading n of the fake clock is n(n+1)/2, so a solve between readings n and n+1
-        # takes n + 1 s; the sweep's 3k-th to (3k+2)-th solves read 6k..6k+5, and the median
-        # of 6k+1, 6k+3, 6k+5 seconds is the middle one.
-        assert row["forward_s"] == 6 * k + 3, row
-    assert [r["nfe_forward"] for r in rows] == sorted(r["nfe_forward"] for r in rows)
-    assert func.lin.weight.grad is None  # cleared after the backward passes
-
-
-class TimeOnly(ODEF):
-    """dz/dt = -0.1 exp(-0.1 t): no state, no parameter (torchdiffeq's own test case)."""
-
-    def forward(self, z, t):
-        return torch.zeros_like(z) - 0.1 * torch.exp(-0.1 * t)
-
-
-@pytest.mark.parametrize("t_grad", [False, True])
-@pytest.mark.parametrize("method", ["rk4", "dopri5"])
-def test_dynamics_of_t_alone(t_grad, method):
-    """Without a graph to differentiate (t needs no gradient) the vjps are zero, not a crash."""
-    t = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64, requires_grad=t_grad)
-    z0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(3, 3, 2, dtype=torch.float64)
-    # RK4 on dynamics of t alone is Simpson's rule: error h^4/2880 max|f^(4)| ~ 1e-17 at
-    # h = 0.01; dopri5 at rtol 1e-12 errs by at most dopri5_bound ~ 1e-11. Both far below 1e-9.
-    ode = NeuralODE(TimeOnly(), method=method, h_max=0.01, rtol=1e-12, atol=1e-14)
-    z = ode(z0, t, return_whole_sequence=True)
-    exact = z0.detach() + (torch.exp(-0.1 * t.detach()) - 1).reshape(-1, 1, 1)
-    assert torch.allclose(z, exact, atol=1e-9)
-    (z * w).sum().backward()
-    assert torch.allclose(z0.grad, w.sum(0))
-    if t_grad:  # dL/dt_i = f(t_i) <w_i, 1> for i > 0; dL/dt_0 = -f(t_0) sum_{i>0} <w_i, 1>
-        f = -0.1 * torch.exp(-0.1 * t.detach())
-        ws = w.sum(dim=(1, 2))
-        expected = torch.cat([-f[:1] * ws[1:].sum(), f[1:] * ws[1:]])
-        assert torch.allclose(t.grad, expected, atol=1e-9)
-
-
 # --------------------------------------------------------------------------
 # Memory: the adjoint keeps no per-step graph
 # --------------------------------------------------------------------------
@@ -565,158 +379,3 @@ def test_peak_memory_of_a_training_step_is_flat_with_adjoint():
     # each step of the direct path keeps tanh's output, 0.5 MB: 190 more steps store at
     # least 95 MB (half of that, so that allocator rounding cannot hide it)
     assert direct200 > direct10 + 95 / 2, (direct10, direct200)
-
-
-# --------------------------------------------------------------------------
-# Bad input
-# --------------------------------------------------------------------------
-def linear():
-    return NeuralODE(LinearODEF(torch.tensor(A_TRUE)))
-
-
-@pytest.mark.parametrize("z0,t,exc,match", [
-    (torch.ones(2, 2), torch.zeros(2, 2), ValueError, r"shape \(T,\) or \(T, batch, 1\)"),
-    (torch.ones(2, 2), torch.tensor([0.0]), ValueError, "at least 2 time points"),
-    (torch.ones(2, 2), torch.tensor([0.0, 1.0, 0.5]), ValueError, "strictly monotonic"),
-    (torch.ones(2, 2), torch.tensor([0.0, 1.0, 1.0]), ValueError, "strictly monotonic"),
-    (torch.ones(2, 2), torch.zeros(3, 4, 1), ValueError, "has batch 4 .* batch 2"),
-    (torch.ones(2, 2, dtype=torch.long), torch.tensor([0.0, 1.0]), TypeError, "floating-point"),
-    (torch.ones(2, 2), torch.tensor([0.0, float("nan")]), ValueError, "NaN"),
-    (torch.full((2, 2), float("inf")), torch.tensor([0.0, 1.0]), ValueError, "z0 contains"),
-])
-def test_bad_input_errors(z0, t, exc, match):
-    with pytest.raises(exc, match=match):
-        linear()(z0, t)
-
-
-def test_bad_options():
-    with pytest.raises(ValueError, match="unknown method"):
-        NeuralODE(NNODEF(2, 4), method="rk45")
-    with pytest.raises(ValueError, match="h_max"):
-        NeuralODE(NNODEF(2, 4), h_max=0)
-    with pytest.raises(ValueError, match="max_steps"):
-        odeint(NNODEF(2, 4), torch.ones(1, 2), torch.tensor([0.0, 1e3]), h_max=1e-3,
-               max_steps=1000)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_cuda_path_and_device_mismatch():
-    func = LinearODEF(torch.tensor(A_TRUE)).cuda()
-    z0 = torch.ones(2, 2, device="cuda", requires_grad=True)
-    NeuralODE(func)(z0).sum().backward()
-    assert z0.grad.is_cuda
-    with pytest.raises(ValueError, match="device"):
-        NeuralODE(func)(z0, torch.tensor([0.0, 1.0]))
-
-
-def test_device_mismatch_is_named():
-    t = torch.tensor([0.0, 1.0], device="meta")
-    with pytest.raises(ValueError, match="device"):
-        linear()(torch.ones(2, 2), t)
-
-
-class Exploding(ODEF):
-    def forward(self, z, t):
-        return torch.where(t > 0.5, torch.full_like(z, float("nan")), z)
-
-
-@pytest.mark.parametrize("method", ["euler", "rk4", "dopri5"])
-def test_nan_in_dynamics_raises_with_the_time(method):
-    """f turns NaN after t = 0.5. dopri5 shrinks its step to where it fails and names that
-    time; the fixed-step solvers name the observation interval it happened in."""
-    with time_limit(30), pytest.raises(ODESolveError, match="NaN or infinite") as err:
-        odeint(Exploding(), torch.ones(2, 2), torch.tensor([0.0, 0.4, 1.0]), method, 0.1)
-    times = [float(x) for x in re.findall(r"t=(-?\d+(?:\.\d*)?)", str(err.value))]
-    expected = [0.5, 0.4, 1.0] if method == "dopri5" else [0.4, 1.0]
-    assert times == pytest.approx(expected, abs=1e-5), str(err.value)
-
-
-def test_nan_in_the_backward_pass_raises():
-    class NaNGrad(ODEF):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(2))
-
-        def forward(self, z, t):
-            return self.w * torch.sqrt(z - 1.0)  # d/dz is infinite at z = 1
-
-    z0 = torch.ones(2, 2, requires_grad=True)
-    with time_limit(30), pytest.raises(ODESolveError, match="adjoint"):
-        NeuralODE(NaNGrad(), h_max=0.1)(z0).sum().backward()
-
-
-def test_impossible_tolerance_raises_instead_of_hanging():
-    class Stiff(ODEF):
-        def forward(self, z, t):
-            return -1e6 * z * torch.sin(1e4 * t)
-
-    match = "dopri5 (step size underflow|exceeded)"
-    with time_limit(60), pytest.raises(ODESolveError, match=match):
-        odeint(Stiff(), torch.ones(1, 2, dtype=torch.float64),
-               torch.tensor([0.0, 10.0], dtype=torch.float64), "dopri5",
-               rtol=1e-300, atol=1e-300, max_steps=2000)
-
-
-# --------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------
-def test_budget(monkeypatch):
-    monkeypatch.setenv("NODE_BUDGET", "smoke")
-    assert get_budget() == "smoke"
-    monkeypatch.setenv("NODE_BUDGET", "huge")
-    with pytest.raises(ValueError, match="smoke, quick, full"):
-        get_budget()
-
-
-def test_save_gif(tmp_path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    frames = []
-    for k in range(3):
-        fig, ax = plt.subplots(figsize=(2, 2))
-        ax.plot([0, k])
-        frames.append(fig)
-    path = save_gif(frames, tmp_path / "x.gif", fps=4)
-    with Image.open(path) as im:
-        assert im.n_frames == 3
-
-
-# --------------------------------------------------------------------------
-# What f receives as t, and the post's single-interval ode_solve
-# --------------------------------------------------------------------------
-class Recorder(ODEF):
-    def __init__(self):
-        super().__init__()
-        self.shapes = set()
-
-    def forward(self, z, t):
-        self.shapes.add(tuple(t.shape))
-        return -z * (1 + t)
-
-
-@pytest.mark.parametrize("method", ["euler", "rk4", "dopri5"])
-def test_f_receives_t_in_one_form_for_every_solver(method):
-    z0 = torch.ones(3, 2)
-    f = Recorder()
-    odeint(f, z0, torch.tensor([0.0, 0.5, 1.0]), method, 0.1)
-    assert f.shapes == {()}
-    f = Recorder()
-    odeint(f, z0, torch.rand(3, 3, 1).cumsum(0) + 0.1, method, 0.1)
-    assert f.shapes == {(3, 1)}
-
-
-def test_ode_solve_single_interval_shared_and_per_sample():
-    A = torch.tensor(A_TRUE, dtype=torch.float64)
-    z0 = torch.randn(2, 2, dtype=torch.float64)
-    t1 = torch.tensor([[1.0], [0.5]], dtype=torch.float64)
-    z1 = ode_solve(z0, torch.zeros(2, 1, dtype=torch.float64), t1, LinearODEF(A), "rk4", 0.01)
-    exact = torch.stack([torch.linalg.matrix_exp(A * float(t)) @ z for t, z in zip(t1, z0)])
-    tol = rk4_linear_bound(A, 1.0, 0.01) * float(z0.norm(dim=1).max())  # relative to |z0|
-    assert torch.allclose(z1, exact, rtol=0, atol=tol), (z1 - exact, tol)
-    back = ode_solve(z1[:1], 1.0, 0.0, LinearODEF(A), "rk4", 0.01)  # backward in time
-    tol = rk4_linear_bound(A, 1.0, 0.01) * float(z1[:1].detach().norm())
-    assert torch.allclose(back, z0[:1], rtol=0, atol=tol)
