@@ -33,7 +33,7 @@ F64 = torch.float64
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerical]
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 # The adjoint and autograd through the solver each reach the exact gradient to about
-# 10 x steps x rtol (test_odecore's SEMINORM_ERROR_MULTIPLE; tens of steps here): 1e-6 is
+# 10 x steps x rtol (test_adjoint's SEMINORM_ERROR_MULTIPLE; tens of steps here): 1e-6 is
 # 10^4 x rtol, above that with room for the trace's second derivatives, and a missing
 # term (the trace's, say) makes them differ by order one.
 ADJOINT_VS_AUTOGRAD = 1e-6
