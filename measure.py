@@ -42,11 +42,11 @@ __all__ = ["times", "seconds", "peak_memory_mb", "in_fresh_process", "tolerance_
            "markdown_table"]
 
 
-def _sync(device: torch.device | str | None = None) -> None:
+def _sync() -> None:
     """Wait for the GPU's queued kernels: CUDA runs them asynchronously, so a clock
     read without waiting times their launch, not their work."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize()
 
 
 def times(fn: Callable[[], object], repeats: int = 20, warmup: int = 1) -> list[float]:

@@ -25,6 +25,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 
 import torch
 
+from nbutils import get_device, progress
+
 __all__ = ["start_method", "one_thread_on_cpu", "run", "submit"]
 
 
@@ -84,7 +86,6 @@ def _in_worker(fn: Callable, job):
 def _pool(fn: Callable, workers: int, device: torch.device | str | None,
           system: str | None = None) -> tuple[ProcessPoolExecutor | None, str]:
     if device is None:  # the machine's: where there is a GPU, the jobs use it
-        from nbutils import get_device
         device = get_device()
     method, why = start_method(fn, device, system)
     if workers < 2:
@@ -106,8 +107,6 @@ def run(fn: Callable, jobs: Sequence, desc: str | None = None,
     is where the jobs compute (default: the GPU where there is one, and then
     they run in turn).
     """
-    from nbutils import progress
-
     jobs = list(jobs)
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     pool, how = _pool(fn, workers, device, system)
