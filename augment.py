@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from odecore import NNODEF, NeuralODE
 
-__all__ = ["reflection_data", "reflection_bound", "annuli_data", "FlowModel",
+__all__ = ["reflection_data", "reflection_bound", "annuli_data", "Readout", "FlowModel",
            "ResNetModel", "fit", "accuracy"]
 
 
@@ -77,6 +77,24 @@ def annuli_data(n: int, seed: int = 0, r_in: float = 0.5, r_out: tuple = (1.0, 1
 # ---------------------------------------------------------------------------
 # The models
 # ---------------------------------------------------------------------------
+class Readout(nn.Module):
+    """A state's `out` outputs: a linear layer ("linear", for classification) or its
+    first `out` coordinates ("project": for g(x) = -x, where a linear layer could flip
+    the sign itself and hide what the map before it cannot do)."""
+
+    def __init__(self, dim: int, out: int, kind: str = "linear"):
+        super().__init__()
+        if kind not in ("linear", "project"):
+            raise ValueError(f"readout must be 'linear' or 'project', got {kind!r}")
+        if kind == "project" and out > dim:
+            raise ValueError(f"cannot project {out} outputs from a {dim}-d state")
+        self.out = out
+        self.linear = nn.Linear(dim, out) if kind == "linear" else None
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z[:, :self.out] if self.linear is None else self.linear(z)
+
+
 class FlowModel(nn.Module):
     """x -> [x, 0 (augment of them)] -> flow for t in [0, 1] -> readout.
 
@@ -84,22 +102,16 @@ class FlowModel(nn.Module):
     p > 0 the flow runs in d + p dimensions, where trajectories can pass each
     other (Dupont et al.'s ANODE). The field is `odecore.NNODEF`, solved by
     dopri5 with the adjoint; `nfe_forward` is the last forward pass's count.
-    `readout="project"` reads the first `out` coordinates of the flowed state
-    (for g(x) = -x: a linear layer could flip the sign itself and hide what the
-    flow cannot do); `"linear"` a linear layer (classification).
+    `readout`: see `Readout`.
     """
 
     def __init__(self, dim: int, out: int, augment: int = 0, hidden: int = 32,
                  readout: str = "linear", rtol: float = 1e-3, atol: float = 1e-4):
         super().__init__()
-        if readout not in ("linear", "project"):
-            raise ValueError(f"readout must be 'linear' or 'project', got {readout!r}")
-        if readout == "project" and out > dim + augment:
-            raise ValueError(f"cannot project {out} outputs from a {dim + augment}-d state")
-        self.augment, self.out = augment, out
+        self.augment = augment
         self.ode = NeuralODE(NNODEF(dim + augment, hidden, time_invariant=True),
                              method="dopri5", rtol=rtol, atol=atol)
-        self.readout = nn.Linear(dim + augment, out) if readout == "linear" else None
+        self.readout = Readout(dim + augment, out, readout)
 
     def flow(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         """The flowed state (at the times `t`, `(T, n, d + p)`, or at t = 1)."""
@@ -109,8 +121,7 @@ class FlowModel(nn.Module):
         return self.ode(z0, t, return_whole_sequence=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.flow(x)
-        return z[:, :self.out] if self.readout is None else self.readout(z)
+        return self.readout(self.flow(x))
 
     @property
     def nfe_forward(self) -> int:
@@ -128,13 +139,12 @@ class ResNetModel(nn.Module):
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Linear(dim, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
                           nn.Linear(hidden, dim)) for _ in range(steps))
-        self.out = out
-        self.readout = nn.Linear(dim, out) if readout == "linear" else None
+        self.readout = Readout(dim, out, readout)
 
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
             x = x + block(x) / len(self.blocks)
-        return x[:, :self.out] if self.readout is None else self.readout(x)
+        return self.readout(x)
 
 
 # ---------------------------------------------------------------------------

@@ -74,9 +74,7 @@ def settings(budget: str) -> Settings:
                          h_max=0.25, tols=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5), nfe_batch=128,
                          speed_iters=20, snap_every=250),
     }
-    if budget not in table:
-        raise ValueError(f"unknown budget {budget!r}; use one of {', '.join(table)}")
-    return table[budget]
+    return nbutils.for_budget(table, budget)
 
 
 # ---------------------------------------------------------------------------

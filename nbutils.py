@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "REPO_ROOT", "BUDGETS", "Setup", "setup", "get_device", "get_budget", "data_root", "output_dir",
+    "REPO_ROOT", "BUDGETS", "Setup", "setup", "get_device", "get_budget", "for_budget",
+    "data_root", "output_dir",
     "seed_everything", "n_parameters", "cpu_name", "progress", "progress_mode",
     "run_summary", "markdown", "RECORDS", "save_record", "load_record",
     "plot_trajectories", "figure_to_image", "save_gif",
@@ -44,6 +45,14 @@ def get_budget(default: str = "quick") -> str:
         raise ValueError(
             f"NODE_BUDGET={budget!r} is not a budget; use one of {', '.join(BUDGETS)}")
     return budget
+
+
+def for_budget(table: dict, budget: str):
+    """`table[budget]`, or an error naming the budgets when `budget` is not one: each
+    chapter's settings per budget are a table of this kind."""
+    if budget not in table:
+        raise ValueError(f"unknown budget {budget!r}; use one of {', '.join(table)}")
+    return table[budget]
 
 
 def data_root() -> Path:

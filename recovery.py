@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nbutils import figure_to_image, save_gif
+from nbutils import figure_to_image, for_budget, save_gif
 
 __all__ = ["Settings", "settings", "training_gif", "field_figure"]
 
@@ -38,9 +38,7 @@ def settings(budget: str) -> Settings:
         "full": Settings(linear_steps=500, nonlinear_steps=3000, frames=40,
                          ablate={"linear": "all", "nonlinear": "all"}),
     }
-    if budget not in table:
-        raise ValueError(f"unknown budget {budget!r}; use one of {', '.join(table)}")
-    return table[budget]
+    return for_budget(table, budget)
 
 
 def _time_colorbar(fig, mappable, ax):

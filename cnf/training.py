@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nbutils import for_budget
+
 from .flows import CNF, PlanarField, PlanarFlow
 from .targets import ENERGIES, energy_normalizer, make_data
 
@@ -49,9 +51,7 @@ def settings(budget: str) -> Settings:
         "full": Settings(dm_steps=10000, ml_steps=10000, n_train=100000, n_test=20000,
                          hist=100000, grid=200, probes=100000, gif_frames=60),
     }
-    if budget not in table:
-        raise ValueError(f"unknown budget {budget!r}; use one of {', '.join(table)}")
-    return table[budget]
+    return for_budget(table, budget)
 
 
 def kl_loss(model: nn.Module, energy: Callable[[Tensor], Tensor], n: int,

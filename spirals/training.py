@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from nbutils import get_device, progress
+from nbutils import for_budget, get_device, progress
 from odecore import NeuralODE
 
 from .batches import Batch, gather_time, sample_batch, training_targets
@@ -61,12 +61,10 @@ def train_config(budget: str, dataset: str = "paper") -> TrainConfig:
     (`max_abs`: 7 of 800, which hold much of the squared signal and so
     drive the gradients at a noise of 0.02; the largest held-out |x| is 8.8).
     """
-    iters = {"smoke": 10, "quick": 1500, "full": 6000}
-    if budget not in iters:
-        raise ValueError(f"unknown budget {budget!r}; use one of smoke, quick, full")
+    n = for_budget({"smoke": 10, "quick": 1500, "full": 6000}, budget)
     if dataset not in ("paper", "post"):
         raise ValueError(f"unknown dataset {dataset!r}; use paper or post")
-    n = 9000 if (budget, dataset) == ("full", "post") else iters[budget]
+    n = 9000 if (budget, dataset) == ("full", "post") else n
     return TrainConfig(iters=n, kl_warmup=n // 5, frame_every=max(5, n // 20), horizon=100,
                        max_abs=10.0 if dataset == "post" else None, warm_method="euler")
 
