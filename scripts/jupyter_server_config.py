@@ -7,12 +7,17 @@ of the user's own run are kept. So `git status` shows a notebook as modified onl
 when its cells or outputs changed, and `make test` stays green.
 """
 
-import sys
+import importlib.util
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from normalize_notebooks import pre_save_hook  # noqa: E402
+# Jupyter executes this file inside the server, whose sys.path does not hold
+# scripts/: load the sibling normalizer from its file.
+_spec = importlib.util.spec_from_file_location(
+    "normalize_notebooks", Path(__file__).resolve().with_name("normalize_notebooks.py"))
+_normalizer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_normalizer)
+pre_save_hook = _normalizer.pre_save_hook
 
 c = get_config()  # noqa: F821 (traitlets provides it to config files)
 c.ContentsManager.pre_save_hook = pre_save_hook

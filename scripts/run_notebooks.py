@@ -22,13 +22,12 @@ The cleaning is `normalize_notebooks.clean`, which JupyterLab's pre-save hook
 import os
 import sys
 import time
-from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from normalize_notebooks import clean, notebooks_in, project_kernelspec  # noqa: E402
+# Run as a script, this file's folder (scripts/) is first on sys.path, so its sibling imports.
+from normalize_notebooks import clean, notebooks_in, project_kernelspec
 
 
 def main(args: list[str]) -> int:

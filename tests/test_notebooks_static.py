@@ -18,15 +18,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
+from normalize_notebooks import project_kernelspec
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from normalize_notebooks import project_kernelspec  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 MAX_LINES = 30

@@ -16,10 +16,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from normalize_notebooks import clean_outputs, collapse_redraws
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from normalize_notebooks import clean_outputs, collapse_redraws  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_collapse_keeps_the_last_redraw_of_each_line():
