@@ -6,14 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mnist
+import nbutils
+import odecore
 from augment import (
+    AugmentedMNIST,
     FlowModel,
     ResNetModel,
     accuracy,
     annuli_data,
+    build,
     fit,
     reflection_bound,
     reflection_data,
+    train_toy,
 )
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerical]
@@ -84,3 +90,56 @@ def test_fit_records_loss_and_nfe_and_the_resnet_learns_the_reflection():
     hist = fit(flow, xa, ya, F.cross_entropy, iters=3, batch=32)
     assert len(hist["nfe"]) == 3 and min(hist["nfe"]) > 0
     assert 0.0 <= accuracy(flow, xa, ya) <= 1.0
+
+
+def test_exercise_1_a_rotation_of_the_augmented_plane_reverses_the_line():
+    """Notebook 06's exercise 1, as its solution writes it: rotating (x, a) by pi at t = 1."""
+    W = torch.tensor([[0.0, -math.pi], [math.pi, 0.0]])
+    x = torch.linspace(-1, 1, 11)
+    z0 = torch.stack((x, torch.zeros_like(x)), dim=1)
+    with torch.no_grad():
+        z1 = odecore.odeint(odecore.LinearODEF(W), z0, torch.tensor([0.0, 1.0]), method="rk4",
+                            h_max=0.01)[-1]
+    # RK4's error on this rotation: 100 steps of (pi h)^5 / 120 ~ 2.5e-9, plus float32
+    # rounding of ~1e-7 a step; an error of the solution (a wrong sign, angle or time) is O(1)
+    assert float((z1[:, 0] + x).abs().max()) < 1e-4
+    assert float(z1[:, 1].abs().max()) < 1e-4
+
+
+def test_exercise_2_a_linear_readout_reverses_the_line_after_the_identity_flow():
+    """Notebook 06's exercise 2: the theorem binds the flow, not a layer after it."""
+    model = FlowModel(1, 1, readout="linear")
+    with torch.no_grad():
+        model.ode.func.lin3.weight.zero_()  # f = 0: the flow is the identity
+        model.ode.func.lin3.bias.zero_()
+        model.readout.linear.weight.fill_(-1.0)
+        model.readout.linear.bias.zero_()
+        x, y = reflection_data(256)
+        assert float(F.mse_loss(model(x), y)) == 0.0
+
+
+def test_toy_jobs_build_train_and_score_their_models():
+    for kind in ("node", "anode", "resnet"):
+        job = dict(task="annuli", kind=kind, n=128, n_test=64, iters=2, lr=1e-3, batch=32)
+        result = train_toy(job)
+        assert 0.0 <= result["score"] <= 1.0 and len(result["loss"]) == 2
+        model = build(job)
+        model.load_state_dict(result["state"])
+        assert (kind == "anode") == (getattr(model, "augment", 0) == 1)
+    result = train_toy(dict(task="reflection", kind="node", n=64, iters=2, lr=1e-3, batch=32))
+    x, _ = reflection_data(64)
+    assert result["score"] >= reflection_bound(x) * (1 - 1e-5)  # any flow, even untrained
+
+
+def test_augmented_mnist_keeps_the_ode_and_shrinks_only_the_stem():
+    plain, augmented = AugmentedMNIST(0), AugmentedMNIST(8)
+    # the stem's last convolution (64 -> 64 - p maps of 4x4 kernels, with biases) alone
+    assert nbutils.n_parameters(plain) == nbutils.n_parameters(mnist.build_model("ODE-Net"))
+    assert nbutils.n_parameters(plain) - nbutils.n_parameters(augmented) == 8 * (64 * 16 + 1)
+    x = torch.randn(2, 1, 28, 28)
+    seen = []
+    augmented.net.feature.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        assert augmented(x).shape == (2, 10) and plain(x).shape == (2, 10)
+    assert seen[0].shape == (2, 64, 6, 6) and not seen[0][:, 56:].any()  # p zero channels
+    assert augmented.nfe[0] > 0
