@@ -23,7 +23,8 @@ steps together while each sample covers its own interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 __all__ = [
     "ODESolveError", "SolverOptions", "ode_solve", "odeint", "mixed_norm", "seminorm", "ODEF",
     "ODEAdjoint", "NeuralODE", "LinearODEF", "NNODEF", "ConvODEF", "METHODS", "ADJOINT_NORMS",
+    "Step", "step_history",
 ]
 
 METHODS = ("euler", "rk4", "dopri5")
@@ -211,12 +213,41 @@ class Solved(NamedTuple):
     h_next: float | None
 
 
+class Step(NamedTuple):
+    """One dopri5 step tried: where it started (`t`, the first sample's time for
+    per-sample grids), its size `h` in solver time, the error ratio (the norm of
+    the error estimate; at most 1 accepts) and whether it was accepted."""
+
+    t: float
+    h: float
+    ratio: float
+    accepted: bool
+
+
+_HISTORIES: list[list[Step]] = []  # the open `step_history` blocks
+
+
+@contextmanager
+def step_history() -> Iterator[list[Step]]:
+    """Record every dopri5 step tried inside the block, accepted or rejected, as `Step`s:
+    `with odecore.step_history() as steps: odeint(...)`. A read-only view of the step
+    controller, for teaching and diagnosis; the solve itself is unchanged."""
+    steps: list[Step] = []
+    _HISTORIES.append(steps)
+    try:
+        yield steps
+    finally:
+        _HISTORIES.remove(steps)
+
+
 def _dopri5(G, y: State, span: float, opts: SolverOptions, where: Callable[[float], str],
-            norm: Norm = mixed_norm, h: float | None = None) -> Solved:
+            norm: Norm = mixed_norm, h: float | None = None,
+            clock: Callable[[float], float] | None = None) -> Solved:
     """Adaptive Dormand-Prince 5(4) from s = 0 to s = span, landing exactly on span.
 
     `h` is the first step to try (else Hairer's starting step); `norm` measures
-    each step's error estimate.
+    each step's error estimate; `clock` maps solver time to real time for
+    `step_history`.
     """
     rtol, atol, max_steps = opts.rtol, opts.atol, opts.max_steps
     direction = math.copysign(1.0, span)
@@ -243,6 +274,9 @@ def _dopri5(G, y: State, span: float, opts: SolverOptions, where: Callable[[floa
         err = _axpy([k * (hd * _DP_E[0]) for k in k1], hd, _DP_E[1:], ks[1:] + [k_new])
         ratio = norm(err, y, y_new, rtol, atol)
         nonfinite = not math.isfinite(ratio)
+        for history in _HISTORIES:
+            t_here = clock(direction * s) if clock else direction * s
+            history.append(Step(t_here, direction * h, ratio, ratio <= 1.0))
         if ratio <= 1.0:  # accept
             y, k1 = y_new, k_new
             if last:
@@ -294,10 +328,12 @@ class _Interval:
             return self.t0 + s
         return self.t0 + s * self.dt
 
+    def clock(self, s: float) -> float:
+        """Real time at solver time s (the first sample's, for per-sample grids)."""
+        return _first(self.time(s).detach())
+
     def where(self, s: float) -> str:
-        t = self.time(s)
-        t = float(t) if t.dim() == 0 else float(t.flatten()[0])
-        return (f"at t={t:.6g} (integrating from t={_first(self.t0):.6g} "
+        return (f"at t={self.clock(s):.6g} (integrating from t={_first(self.t0):.6g} "
                 f"to t={_first(self.t1):.6g})")
 
 
@@ -312,10 +348,11 @@ def _integrate(G, y: State, iv: _Interval, opts: SolverOptions, reverse: bool = 
     if reverse:  # s counts from the interval's end, so shift the clock
         G0, G = G, (lambda s, y: G0(iv.span + s, y))
         where = (lambda s: iv.where(iv.span + s))
+        clock = (lambda s: iv.clock(iv.span + s))
     else:
-        where = iv.where
+        where, clock = iv.where, iv.clock
     if opts.method == "dopri5":
-        return _dopri5(G, y, span, opts, where, norm, h)
+        return _dopri5(G, y, span, opts, where, norm, h, clock)
     n = _n_fixed_steps(iv.max_dt, opts.h_max, opts.max_steps)
     return Solved(_fixed_steps(G, y, span, n, opts.method), None)
 

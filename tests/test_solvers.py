@@ -14,6 +14,7 @@ from odecore import (
     ODESolveError,
     ode_solve,
     odeint,
+    step_history,
 )
 from problems import (
     A_TRUE,
@@ -234,3 +235,25 @@ def test_impossible_tolerance_raises_instead_of_hanging():
         odeint(Stiff(), torch.ones(1, 2, dtype=torch.float64),
                torch.tensor([0.0, 10.0], dtype=torch.float64), "dopri5",
                rtol=1e-300, atol=1e-300, max_steps=2000)
+
+
+def test_step_history_records_every_step_and_changes_nothing():
+    """A fast relaxation, y' = -1000 (y - sin t): dopri5 at its stability limit rejects steps."""
+    f = lambda z, t: -1000 * (z - torch.sin(t))
+    z0 = torch.zeros(1, 1, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    with step_history() as steps:
+        z = odeint(f, z0, t, method="dopri5", rtol=1e-6, atol=1e-9)
+    assert torch.equal(z, odeint(f, z0, t, method="dopri5", rtol=1e-6, atol=1e-9))
+    accepted = [s for s in steps if s.accepted]
+    assert any(not s.accepted for s in steps)
+    assert all(s.ratio <= 1 for s in accepted) and all(s.ratio > 1 for s in steps
+                                                        if not s.accepted)
+    # the accepted steps tile [0, 1] in order, in real time, across the grid's intervals
+    starts = torch.tensor([s.t for s in accepted], dtype=torch.float64)
+    ends = starts + torch.tensor([s.h for s in accepted], dtype=torch.float64)
+    assert float(starts[0]) == 0.0 and float(ends[-1]) == pytest.approx(1.0, abs=1e-12)
+    assert torch.allclose(starts[1:], ends[:-1], atol=1e-12)
+    with step_history() as none:
+        odeint(f, z0, t, method="rk4", h_max=1e-3)
+    assert none == []  # fixed steps are not controlled, so nothing is recorded
