@@ -163,6 +163,11 @@ STABLE = {
     "04_latent_homotopy": {"7.5": "the end of the decoded grid, a setting"},
     "05_continuous_normalizing_flows": {"95": "the 95th percentile: a definition",
                                         "0.95": "the 95th percentile: a definition"},
+    "07_the_solver_inside": {
+        "1.6": "Van der Pol's period in Hairer and Wanner's scaling, a property of the problem",
+        **{v: "where dopri5's stability region meets the negative real axis, of the method"
+           for v in ("3.3", "-3.3")},
+    },
 }
 
 
