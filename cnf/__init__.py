@@ -13,7 +13,9 @@ One module a concern, in the order notebook 05 meets them:
    log-densities by integrating data back to noise, samples by integrating
    noise forward, both through `odecore.NeuralODE` (the adjoint by default);
 3. `training`: the training loops, evaluation, and one fit per job for
-   `workers.run` (the notebook's experiments), with each budget's settings.
+   `workers.run` (the notebook's experiments), with each budget's settings;
+4. `regularised`: the CNF trained with its kinetic energy and Jacobian norm
+   (Finlay et al. 2020), for notebook 07.
 
 The state is one tensor `(batch, D + 1)`: z in the first D columns, log p in
 the last. Second derivatives (the trace's gradient) reach the parameters
@@ -21,12 +23,14 @@ through `ODEAdjoint` because `CNFODEF.forward` builds the trace with
 `create_graph` whenever the caller records a graph, as
 `ODEF.forward_with_grad` does in the adjoint's backward pass.
 
-`import cnf` gives every public name of the three.
+`import cnf` gives every public name of the four.
 """
 
-from . import flows, targets, training
+from . import flows, regularised, targets, training
 from .flows import *  # noqa: F403
+from .regularised import *  # noqa: F403
 from .targets import *  # noqa: F403
 from .training import *  # noqa: F403
 
-__all__ = [name for module in (targets, flows, training) for name in module.__all__]
+__all__ = [name for module in (targets, flows, training, regularised)
+           for name in module.__all__]
