@@ -31,7 +31,8 @@ __all__ = ["Settings", "settings", "Front", "VanDerPol", "dopri5_run", "toleranc
 @dataclass(frozen=True)
 class Settings:
     """One budget of notebook 07: the tolerances of the front, the stiffness parameters
-    of Van der Pol's oscillator, and the training of the "is it an ODE" classifiers."""
+    of Van der Pol's oscillator, the regularised CNFs' weights and training, and the
+    training of the "is it an ODE" classifiers."""
 
     rtols: tuple[float, ...] = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
     mus: tuple[float, ...] = (1, 10, 100, 1_000, 10_000, 100_000)
@@ -39,6 +40,11 @@ class Settings:
     toy_iters: int = 1500
     toy_points: int = 2000
     n_test_images: int = 2000
+    reg_lams: tuple[float, ...] = (0.0, 0.01, 0.05, 0.1)
+    reg_pick: float = 0.05  # the weight the checks read
+    reg_steps: int = 500
+    reg_train: int = 20000
+    reg_test: int = 5000
 
 
 def settings(budget: str) -> Settings:
@@ -46,9 +52,11 @@ def settings(budget: str) -> Settings:
     minutes on 2 CPU cores; full: the same, with longer training of the classifiers."""
     table = {
         "smoke": Settings(rtols=(1e-3, 1e-5, 1e-7), mus=(1, 10, 100),
-                          toy_iters=30, toy_points=256, n_test_images=200),
+                          toy_iters=30, toy_points=256, n_test_images=200,
+                          reg_lams=(0.0, 0.05), reg_steps=10, reg_train=2000, reg_test=500),
         "quick": Settings(),
-        "full": Settings(toy_iters=6000, n_test_images=10000),
+        "full": Settings(toy_iters=6000, n_test_images=10000, reg_steps=2000,
+                         reg_train=100000, reg_test=20000),
     }
     return nbutils.for_budget(table, budget)
 
