@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import odecore
-from solving import Front, VanDerPol, dopri5_run, settings, tolerance_table
+from solving import Front, RegularisedField, VanDerPol, dopri5_run, settings, tolerance_table
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerical]
 
@@ -51,3 +51,22 @@ def test_settings_per_budget():
     assert max(settings("quick").mus) > max(settings("smoke").mus)
     with pytest.raises(ValueError):
         settings("huge")
+
+
+def test_regularised_field_integrates_kinetic_energy_and_jacobian_norm():
+    """On f = A z: d/dt B = |A|_F^2 (constant), and K = int |A z(t)|^2 dt on z = expm(A t) z0."""
+    A = torch.tensor([[-0.5, 1.0], [-1.0, 0.3]], dtype=torch.float64)
+    lin = odecore.LinearODEF(A)
+    z0 = torch.tensor([[0.7, -0.2], [1.5, 0.4]], dtype=torch.float64)
+    state0 = torch.cat([z0, torch.zeros(2, 2, dtype=torch.float64)], 1)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with torch.no_grad():
+        out = odecore.odeint(RegularisedField(lin), state0, t, method="dopri5", rtol=1e-10,
+                             atol=1e-12)[-1]
+    ts = torch.linspace(0, 1, 4001, dtype=torch.float64)
+    path = torch.linalg.matrix_exp(A * ts[:, None, None]) @ z0.T  # (T, 2, n)
+    exact_k = torch.trapezoid(((A @ path) ** 2).sum(1), ts, dim=0)  # error ~ h^2 / 12
+    assert torch.allclose(out[:, 2], exact_k, rtol=1e-6)
+    assert torch.allclose(out[:, 3], torch.full((2,), float((A * A).sum()),
+                                                dtype=torch.float64), rtol=1e-9)
+    assert torch.allclose(out[:, :2], path[-1].T, rtol=1e-8)
