@@ -2,7 +2,8 @@
 
 Read it top to bottom like the math of the tutorial post it follows:
 
-1. solvers (`ode_solve`, `odeint`): Euler, RK4 and adaptive Dormand-Prince 5(4);
+1. solvers (`ode_solve`, `odeint`): Euler, RK4 and adaptive Dormand-Prince 5(4),
+   whose steps `step_history` records;
 2. `ODEF`: dynamics f(z, t) that can also return vector-Jacobian products;
 3. `ODEAdjoint`: the adjoint method as a `torch.autograd.Function`;
 4. `NeuralODE`: the module a model holds;
