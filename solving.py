@@ -25,6 +25,7 @@ from torch import Tensor, nn
 import augment
 import nbutils
 import odecore
+from cnf import trace_and_frobenius
 from odecore import NNODEF, ODEF, NeuralODE
 
 __all__ = ["Settings", "settings", "Front", "VanDerPol", "dopri5_run", "tolerance_table",
@@ -142,8 +143,7 @@ class RegularisedField(ODEF):
             if not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             fz = self.field(z, t)
-            frob = sum((torch.autograd.grad(fz[:, i].sum(), z, create_graph=True)[0] ** 2)
-                       .sum(1) for i in range(z.shape[1]))
+            _, frob = trace_and_frobenius(fz, z)
         out = torch.cat([fz, (fz * fz).sum(1, keepdim=True), frob[:, None]], 1)
         return out if create_graph else out.detach()
 

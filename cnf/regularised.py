@@ -21,7 +21,20 @@ from .flows import CNF, CNFODEF, PlanarField
 from .targets import make_data, standard_normal_logprob
 from .training import _lr_at
 
-__all__ = ["RegularisedODEF", "RegularisedCNF", "train_regularised", "fit_regularised"]
+__all__ = ["trace_and_frobenius", "RegularisedODEF", "RegularisedCNF", "train_regularised",
+           "fit_regularised"]
+
+
+def trace_and_frobenius(fz: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """tr(df/dz) and |df/dz|_F^2 for each sample, from the Jacobian row by row (one
+    autograd pass a dimension, keeping the graph so that both can be trained on)."""
+    tr = torch.zeros_like(fz[:, 0])
+    frob = torch.zeros_like(fz[:, 0])
+    for i in range(z.shape[1]):  # row i of the Jacobian
+        row = torch.autograd.grad(fz[:, i].sum(), z, create_graph=True)[0]
+        tr = tr + row[:, i]
+        frob = frob + (row * row).sum(1)
+    return tr, frob
 
 
 class RegularisedODEF(CNFODEF):
@@ -34,12 +47,7 @@ class RegularisedODEF(CNFODEF):
                 state = state.detach().requires_grad_(True)
             z = state[:, :-3]
             fz = self.field(z, t)
-            tr = torch.zeros_like(fz[:, 0])
-            frob = torch.zeros_like(fz[:, 0])
-            for i in range(z.shape[1]):  # row i of the Jacobian
-                row = torch.autograd.grad(fz[:, i].sum(), z, create_graph=True)[0]
-                tr = tr + row[:, i]
-                frob = frob + (row * row).sum(1)
+            tr, frob = trace_and_frobenius(fz, z)
         out = torch.cat([fz, -tr[:, None], (fz * fz).sum(1, keepdim=True), frob[:, None]], 1)
         return out if create_graph else out.detach()
 
