@@ -204,12 +204,16 @@ def _snapshot(model: nn.Module) -> dict:
 
 def train(model: nn.Module, X: Tensor, Y: Tensor, iters: int, lr: float, batch: int = 64,
           seed: int = 0, augment: bool = False, snap_every: int | None = None,
-          desc: str | None = None) -> dict:
+          desc: str | None = None, held_out: tuple[Tensor, Tensor] | None = None,
+          eval_every: int = 100) -> dict:
     """Adam with a one-cycle schedule for `iters` iterations of cross-entropy.
 
     Returns the losses, the training seconds, the iterations, the block's NFE
     (forward, backward) if it has a `NeuralODE` feature block, and, with
     `snap_every`, `(iteration, weights)` snapshots (first and last included).
+    With `held_out=(X, Y)`, also `held_out_loss`: `(iteration, mean loss)` every
+    `eval_every` iterations and at the end, so a curve shows over- or under-fitting
+    (its evaluations are not counted in the training seconds).
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=iters)
@@ -217,10 +221,15 @@ def train(model: nn.Module, X: Tensor, Y: Tensor, iters: int, lr: float, batch: 
     losses, snapshots = [], []
     bar = nbutils.progress(batches(len(X), batch, iters, seed), total=iters, desc=desc,
                            mininterval=2)  # few redraws: small saved outputs
+    held, evaluating = [], 0.0
     start = time.perf_counter()
     for it, idx in enumerate(bar):
         if snap_every and it % snap_every == 0:
             snapshots.append((it, _snapshot(model)))
+        if held_out is not None and it % eval_every == 0:
+            t0 = time.perf_counter()
+            held.append((it, held_out_loss(model, *held_out)))
+            evaluating += time.perf_counter() - t0
         idx = idx.to(X.device)
         x = random_shift(X[idx]) if augment else X[idx]
         loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), Y[idx])
@@ -233,13 +242,29 @@ def train(model: nn.Module, X: Tensor, Y: Tensor, iters: int, lr: float, batch: 
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
     if X.is_cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - evaluating
     if snap_every:
         snapshots.append((iters, _snapshot(model)))
     block = getattr(model, "feature", None)
     nfe = ((block.nfe_forward, block.nfe_backward) if isinstance(block, odecore.NeuralODE)
            else (0, 0))
-    return dict(losses=losses, seconds=seconds, iters=iters, nfe=nfe, snapshots=snapshots)
+    if held_out is not None:
+        held.append((iters, held_out_loss(model, *held_out)))
+    return dict(losses=losses, seconds=seconds, iters=iters, nfe=nfe, snapshots=snapshots,
+                held_out_loss=held)
+
+
+@torch.no_grad()
+def held_out_loss(model: nn.Module, X: Tensor, Y: Tensor, batch: int = 1000) -> float:
+    """Mean cross-entropy on (X, Y) in evaluation mode; the model is left in the mode
+    it was in."""
+    was_training = model.training
+    model.eval()
+    total = sum(float(F.cross_entropy(model(X[i:i + batch].contiguous(
+        memory_format=torch.channels_last)), Y[i:i + batch], reduction="sum"))
+        for i in range(0, len(X), batch))
+    model.train(was_training)
+    return total / len(X)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from .targets import standard_normal_logprob
 
 __all__ = [
     "PlanarFlow", "GaussianBaseline", "PlanarField", "MLPField", "hutchinson_probes",
-    "trace_exact", "trace_hutchinson", "CNFODEF", "CNF",
+    "trace_exact", "trace_hutchinson", "hutchinson_variance", "jacobian_rows", "CNFODEF", "CNF",
 ]
 
 
@@ -151,6 +151,29 @@ def trace_exact(fz: Tensor, z: Tensor, create_graph: bool) -> Tensor:
                                 retain_graph=create_graph or not last)[0]
         tr = tr + g[:, i]
     return tr
+
+
+def hutchinson_variance(J: Tensor, kind: str = "rademacher") -> Tensor:
+    """Var[eps^T J eps] of a one-probe estimate, per sample, for Jacobians `J` (N, D, D).
+
+    With E[eps eps^T] = I, Var = sum over pairs i != j of (J_ij + J_ji)^2 / 2 + the
+    diagonal's share: Gaussian probes give |J|_F^2 + tr(J J); Rademacher probes
+    (eps_i^2 = 1, so the diagonal is exact) give that minus 2 sum_i J_ii^2.
+    """
+    frob2 = J.square().sum((1, 2))
+    tr_jj = torch.einsum("nij,nji->n", J, J)
+    if kind == "gaussian":
+        return frob2 + tr_jj
+    if kind != "rademacher":
+        raise ValueError(f"unknown probe {kind!r}; choose 'rademacher' or 'gaussian'")
+    return frob2 + tr_jj - 2 * torch.diagonal(J, dim1=1, dim2=2).square().sum(1)
+
+
+def jacobian_rows(fz: Tensor, z: Tensor) -> Tensor:
+    """df/dz per sample, (N, D, D), by D vector-Jacobian products (no graph kept)."""
+    rows = [torch.autograd.grad(fz[:, i].sum(), z, retain_graph=True)[0]
+            for i in range(z.shape[1])]
+    return torch.stack(rows, 1)
 
 
 def trace_hutchinson(fz: Tensor, z: Tensor, eps: Tensor, create_graph: bool) -> Tensor:

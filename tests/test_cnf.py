@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import cnf
 from cnf import (
     CNF,
     CNFODEF,
@@ -284,3 +285,36 @@ def test_regularisers_match_their_closed_forms_on_a_linear_field():
     assert torch.allclose(logp, plain.log_prob(x), rtol=1e-8, atol=1e-10)
     (-logp.mean() + kinetic.mean() + frob.mean()).backward()
     assert model.func.field.A.grad is not None and torch.isfinite(model.func.field.A.grad).all()
+
+
+def test_hutchinson_variance_is_the_exact_variance_over_every_rademacher_probe():
+    """All 2^D sign vectors are equally likely: their mean and variance are exact."""
+    import itertools
+
+    torch.manual_seed(0)
+    J = torch.randn(4, 3, 3, dtype=torch.float64)
+    signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=3)), dtype=torch.float64)
+    values = torch.einsum("pi,nij,pj->np", signs, J, signs)  # every probe's estimate
+    assert torch.allclose(values.mean(1), torch.diagonal(J, dim1=1, dim2=2).sum(1))
+    assert torch.allclose(values.var(1, unbiased=False), cnf.hutchinson_variance(J))
+
+
+def test_hutchinson_variance_for_gaussian_probes_is_half_the_symmetric_part_squared():
+    # Var(e^T J e) = Var(e^T S e) with S = (J + J^T)/2, and for Gaussian e that is 2|S|_F^2
+    torch.manual_seed(1)
+    J = torch.randn(5, 4, 4, dtype=torch.float64)
+    S = (J + J.transpose(1, 2)) / 2
+    assert torch.allclose(cnf.hutchinson_variance(J, "gaussian"), 2 * S.square().sum((1, 2)))
+    with pytest.raises(ValueError, match="unknown probe"):
+        cnf.hutchinson_variance(J, "uniform")
+
+
+def test_jacobian_rows_match_autograd_functional():
+    torch.manual_seed(2)
+    field = cnf.MLPField(3, 8).double()
+    z = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    J = cnf.jacobian_rows(field(z, t), z)
+    for n in range(2):
+        ref = torch.autograd.functional.jacobian(lambda v: field(v[None], t)[0], z[n].detach())
+        assert torch.allclose(J[n], ref)

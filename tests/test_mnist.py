@@ -103,6 +103,18 @@ def test_train_lowers_the_loss_and_snapshots(monkeypatch):
     assert mnist.test_accuracy(model, X, Y) > 0.25
 
 
+def test_train_records_a_held_out_curve_outside_the_training_time():
+    torch.manual_seed(0)
+    X, Y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    model = mnist.build_model("MLP")
+    r = mnist.train(model, X, Y, iters=10, lr=1e-3, batch=8, held_out=(X[:8], Y[:8]),
+                    eval_every=4)
+    assert [it for it, _ in r["held_out_loss"]] == [0, 4, 8, 10]
+    assert model.training  # the evaluations leave training mode on
+    # the last point is the loss of the returned model, as held_out_loss computes it
+    assert r["held_out_loss"][-1][1] == mnist.held_out_loss(model, X[:8], Y[:8])
+
+
 def test_train_reports_the_ode_blocks_nfe():
     torch.manual_seed(0)
     X, Y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
