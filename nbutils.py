@@ -162,6 +162,7 @@ class Setup(NamedTuple):
     assets: Path
 
 
+SAVE_DPI = 150  # the committed figures' resolution (tests/test_assets.py checks it)
 _RUN: dict = {}  # what `setup` recorded (its start time included), for `run_summary`
 
 
@@ -173,7 +174,8 @@ def setup(threads: int | None = 1, seed: int = 0) -> Setup:
     - torch's CPU threads: `threads` (the course's small models run fastest on
       one, and one makes forking workers safe); None leaves torch's default;
     - every random generator seeded with `seed`;
-    - small inline figures (72 dpi keeps the committed notebooks small);
+    - small inline figures (72 dpi keeps the committed notebooks small), saved
+      figures at 150 dpi, trimmed to their content (print quality for `assets/`);
     - where figures go: `assets/` for the committed `quick` run (the README
       shows them), `data/<budget>-assets/` for the others;
     - the start of the clock that `run_summary` reads.
@@ -184,7 +186,7 @@ def setup(threads: int | None = 1, seed: int = 0) -> Setup:
     if threads is not None and device.type == "cpu":
         torch.set_num_threads(threads)
     seed_everything(seed)
-    plt.rcParams["figure.dpi"] = 72
+    plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": SAVE_DPI, "savefig.bbox": "tight"})
     assets = REPO_ROOT / "assets" if budget == "quick" else output_dir(f"{budget}-assets")
     assets.mkdir(parents=True, exist_ok=True)
     _RUN.update(start=time.perf_counter(), budget=budget, device=device)

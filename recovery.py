@@ -52,7 +52,7 @@ def training_gif(run: dict, path: str | Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     obs, times = run["obs"].cpu(), run["times"].cpu()
-    fig, ax = plt.subplots(figsize=(4.8, 4), dpi=72)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=72)
     points = ax.scatter(obs[:, 0, 0], obs[:, 0, 1], c=times, cmap="cividis", s=7)
     _time_colorbar(fig, points, ax)
     (line,) = ax.plot([], [], color="tab:red", lw=2, label="learned trajectory")
@@ -61,6 +61,7 @@ def training_gif(run: dict, path: str | Path, title: str) -> Path:
     ax.set(xlim=(lo[0] - pad[0], hi[0] + pad[0]), ylim=(lo[1] - pad[1], hi[1] + pad[1]),
            xlabel="$z_1$", ylabel="$z_2$", aspect="equal")
     ax.legend(loc="upper right", fontsize=7)
+    ax.set_title(f"{title}, step {run['snaps'][-1][0] + 1}", fontsize=10)  # room for the title
     fig.tight_layout()
     frames = []
     for step, z in run["snaps"]:
@@ -73,8 +74,14 @@ def training_gif(run: dict, path: str | Path, title: str) -> Path:
     return save_gif(frames, path, fps=6)
 
 
-def field_figure(true_f, run: dict, path: str | Path, title: str, n: int = 25) -> None:
-    """True and learned vector fields side by side, each with the trajectories."""
+def field_figure(true_f, run: dict, path: str | Path, title: str, n: int = 25) -> dict:
+    """True and learned vector fields with the trajectories, and where they differ.
+
+    The third panel maps |learned f - true f|, in units of the true field's mean
+    speed along the trajectory. Returns that difference's mean on the trajectory
+    and off it (grid points farther from it than a tenth of the plot's width):
+    the data constrain the field only where they are.
+    """
     import matplotlib.pyplot as plt
 
     truth, z, obs = (run[k].cpu() for k in ("truth", "z", "obs"))
@@ -84,13 +91,24 @@ def field_figure(true_f, run: dict, path: str | Path, title: str, n: int = 25) -
     ys = torch.linspace(lo[1] - pad[1], hi[1] + pad[1], n)
     X, Y = torch.meshgrid(xs, ys, indexing="xy")
     grid = torch.stack([X.flatten(), Y.flatten()], -1)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharex=True, sharey=True)
-    for ax, f, name in zip(axes, (true_f, run["model"].func), ("true", "learned")):
+    path_points = truth[:, 0].float()
+
+    def field(f, points):
         dev = next(f.parameters()).device
         with torch.no_grad():
-            v = f(grid.to(dev), torch.tensor(0.0, device=dev)).cpu().reshape(n, n, 2)
+            return f(points.to(dev, next(f.parameters()).dtype),
+                     torch.tensor(0.0, device=dev)).cpu().float()
+
+    learned_f = run["model"].func
+    scale = field(true_f, path_points).norm(dim=-1).mean()
+    diff_grid = (field(learned_f, grid) - field(true_f, grid)).norm(dim=-1) / scale
+    diff_path = (field(learned_f, path_points) - field(true_f, path_points)).norm(dim=-1) / scale
+    far = torch.cdist(grid, path_points).amin(1) > 0.1 * float((hi - lo).max() + 2 * pad.max())
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.9), sharex=True, sharey=True)
+    for ax, f, name in zip(axes, (true_f, learned_f), ("true", "learned")):
+        v = field(f, grid).reshape(n, n, 2)
         ax.streamplot(xs.numpy(), ys.numpy(), v[..., 0].numpy(), v[..., 1].numpy(),
-                      color=v.norm(dim=-1).numpy(), cmap="Greys", density=1.1, linewidth=0.7)
+                      color="0.6", density=1.1, linewidth=0.7)
         points = ax.scatter(obs[:, 0, 0], obs[:, 0, 1], c=run["times"].cpu(), cmap="cividis",
                             s=6, zorder=2)
         ax.plot(truth[:, 0, 0], truth[:, 0, 1], color="tab:blue", lw=2, zorder=3,
@@ -98,12 +116,17 @@ def field_figure(true_f, run: dict, path: str | Path, title: str, n: int = 25) -
         if name == "learned":
             ax.plot(z[:, 0, 0], z[:, 0, 1], "--", color="tab:red", lw=2, zorder=4,
                     label="learned trajectory")
-        ax.set(title=f"{name} dynamics (streamlines: speed, dark = fast)", xlabel="$z_1$",
-               aspect="equal")
-        ax.title.set_fontsize(10)
+        ax.set(title=f"{name} dynamics (streamlines)", xlabel="$z_1$", aspect="equal")
         ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.13), fontsize=8, ncol=2)
+    _time_colorbar(fig, points, list(axes[:2]))
+    mesh = axes[2].pcolormesh(xs.numpy(), ys.numpy(), diff_grid.reshape(n, n).numpy(),
+                              cmap="magma", shading="auto")
+    axes[2].plot(truth[:, 0, 0], truth[:, 0, 1], color="tab:blue", lw=1.5)
+    axes[2].set(title="|learned f - true f|", xlabel="$z_1$", aspect="equal")
+    bar = fig.colorbar(mesh, ax=axes[2], fraction=0.046, pad=0.04, shrink=0.85)
+    bar.set_label("in units of the mean true speed on the trajectory")
     axes[0].set_ylabel("$z_2$")
-    _time_colorbar(fig, points, list(axes))
     fig.suptitle(title)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+    fig.savefig(path)
     plt.show()
+    return {"on the trajectory": float(diff_path.mean()), "off it": float(diff_grid[far].mean())}

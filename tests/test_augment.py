@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 import mnist
 import nbutils
-import odecore
 from augment import (
     AugmentedMNIST,
     FlowModel,
@@ -90,20 +89,6 @@ def test_fit_records_loss_and_nfe_and_the_resnet_learns_the_reflection():
     hist = fit(flow, xa, ya, F.cross_entropy, iters=3, batch=32)
     assert len(hist["nfe"]) == 3 and min(hist["nfe"]) > 0
     assert 0.0 <= accuracy(flow, xa, ya) <= 1.0
-
-
-def test_exercise_1_a_rotation_of_the_augmented_plane_reverses_the_line():
-    """Notebook 06's exercise 1, as its solution writes it: rotating (x, a) by pi at t = 1."""
-    W = torch.tensor([[0.0, -math.pi], [math.pi, 0.0]])
-    x = torch.linspace(-1, 1, 11)
-    z0 = torch.stack((x, torch.zeros_like(x)), dim=1)
-    with torch.no_grad():
-        z1 = odecore.odeint(odecore.LinearODEF(W), z0, torch.tensor([0.0, 1.0]), method="rk4",
-                            h_max=0.01)[-1]
-    # RK4's error on this rotation: 100 steps of (pi h)^5 / 120 ~ 2.5e-9, plus float32
-    # rounding of ~1e-7 a step; an error of the solution (a wrong sign, angle or time) is O(1)
-    assert float((z1[:, 0] + x).abs().max()) < 1e-4
-    assert float(z1[:, 1].abs().max()) < 1e-4
 
 
 def test_exercise_2_a_linear_readout_reverses_the_line_after_the_identity_flow():

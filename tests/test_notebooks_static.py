@@ -179,6 +179,9 @@ def decimals(token: str) -> int:
 def written_numbers(nb) -> list[tuple[float, int]]:
     """Every number the code cells write (settings, the paper's numbers), with its decimals."""
     chunks = [source(c) for c in nb["cells"] if c["cell_type"] == "code"]
+    # the exercises' solutions: code the reader runs (tests/test_exercises.py runs it)
+    chunks += [block for c in nb["cells"] if c["cell_type"] == "markdown"
+               for block in re.findall(r"```python\n(.*?)```", source(c), re.S)]
     found = re.findall(r"(?<![\w.])(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)(?![\w.]*\d)",
                        "\n".join(chunks))
     return [(float(t), decimals(t)) for t in found]
@@ -209,9 +212,77 @@ def test_static_prose_quotes_no_number_a_rerun_can_change(path):
         if cell["cell_type"] != "markdown":
             continue
         prose = re.sub(r"\(https?://[^)]*\)|https?://\S+|arXiv:\s*\S+|[Ss]ection \d[\d.]*",
-                       " ", source(cell))
+                       " ", re.sub(r"```python\n.*?```", " ", source(cell), flags=re.S))
         prose = re.sub(r"(\d+\.\d+)\s*\\cdot\s*10\^\{(-?\d+)\}", r"\1e\2", prose)  # LaTeX
         found += [(i, m[1]) for m in re.finditer(NUMBER + r"(\s*\\?%)?", prose)
                   if m[1] not in allowed and not is_written(m[1], written, bool(m[2]))]
     assert not found, ("static markdown quotes numbers no code writes (cell, number); write "
                        f"them from the run with nbutils.markdown, or list them in STABLE: {found}")
+
+
+# --------------------------------------------------------------------------
+# The lesson speaks of ideas; the run's bookkeeping lives at the end
+# --------------------------------------------------------------------------
+# Words that describe how a run was made, not what it teaches, each with the reason.
+# Above the closing "How this run was made" section they distract from the lesson
+# and date it: a reader on another machine has other cores, another load.
+BOOKKEEPING = {
+    r"load average|the load\b|\bloaded\b": "the machine's load: how this run was made",
+    r"\bthreads?\b|single-threaded|multithreaded": "threads: how this run was made",
+    r"\bworkers?\b|workers\.run|workers\.submit": "the worker pool: engineering, not the lesson",
+    r"\bfork(ed|s)?\b|\bspawn(ed|s)?\b": "process start methods: engineering",
+    r"fresh (Python )?process": "how a measurement was isolated: the closing section",
+    r"(shared|this|the) machine\b|\bon a GPU\b|\bthe CPU's\b|\bcores?\b|AVX": "hardware",
+    r"earlier runs?|previous runs?|repeated runs|rerun|re-run": "other runs: results/",
+    r"during development|\bcommit(ted|s)?\b": "the project's history, not the lesson's",
+    r"\b(the|this|our) issue\b|issue's": "the project's tracker",
+    r"wall[- ]time|CPU seconds|seconds of CPU": "the run's times: the closing section",
+}
+
+
+def lesson_cells(nb) -> list[tuple[int, str]]:
+    """The markdown cells above the closing 'How this run was made' section."""
+    cells = []
+    for i, cell in enumerate(nb["cells"]):
+        text = source(cell)
+        if cell["cell_type"] == "markdown" and re.search(r"^## How this run was made", text,
+                                                          re.M):
+            cells.append((i, text.split("## How this run was made")[0]))
+            break
+        if cell["cell_type"] == "markdown":
+            cells.append((i, text))
+    return cells
+
+
+def test_bookkeeping_words_are_caught():
+    nb = {"cells": [{"cell_type": "markdown", "source": "Ran on 2 cores with one thread."},
+                    {"cell_type": "markdown", "source": "## How this run was made\nthreads"}]}
+    hits = [(i, p) for i, text in lesson_cells(nb) for p in BOOKKEEPING
+            if re.search(p, text, re.I)]
+    assert [i for i, _ in hits] == [0, 0]
+
+
+@notebook
+def test_the_lesson_holds_no_run_bookkeeping(path):
+    """Machines, loads, threads, workers and earlier runs belong to the closing section
+    ('How this run was made') and to results/, not to the lesson (DESIGN.md)."""
+    nb = load(path)
+    found = [(i, m[0], why) for i, text in lesson_cells(nb) for pattern, why in BOOKKEEPING.items()
+             for m in re.finditer(pattern, text, re.I)]
+    assert not found, f"run bookkeeping in the lesson's prose (cell, words, why): {found}"
+
+
+@notebook
+def test_the_first_code_cell_is_one_setup_call(path):
+    first = next(source(c) for c in load(path)["cells"] if c["cell_type"] == "code")
+    lines = [ln for ln in first.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert len(lines) <= 3 and "nbutils.setup(" in first, first
+
+
+@notebook
+def test_links_look_like_links(path):
+    """A link whose text is inline code renders as code in JupyterLab, not as a link."""
+    found = [(i, m[0]) for i, cell in enumerate(load(path)["cells"])
+             if cell["cell_type"] == "markdown"
+             for m in re.finditer(r"\[`[^\]]*`\]\([^)]*\)", source(cell))]
+    assert not found, f"links written as code (cell, link): {found}"
