@@ -117,14 +117,15 @@ def field_figure(true_f, run: dict, path: str | Path, title: str, n: int = 25) -
             ax.plot(z[:, 0, 0], z[:, 0, 1], "--", color="tab:red", lw=2, zorder=4,
                     label="learned trajectory")
         ax.set(title=f"{name} dynamics (streamlines)", xlabel="$z_1$", aspect="equal")
-        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.13), fontsize=8, ncol=2)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=8, ncol=2)
     _time_colorbar(fig, points, list(axes[:2]))
     mesh = axes[2].pcolormesh(xs.numpy(), ys.numpy(), diff_grid.reshape(n, n).numpy(),
                               cmap="magma", shading="auto")
     axes[2].plot(truth[:, 0, 0], truth[:, 0, 1], color="tab:blue", lw=1.5)
-    axes[2].set(title="|learned f - true f|", xlabel="$z_1$", aspect="equal")
+    axes[2].set(title="where they differ: |learned f - true f|", xlabel="$z_1$",
+                aspect="equal")
     bar = fig.colorbar(mesh, ax=axes[2], fraction=0.046, pad=0.04, shrink=0.85)
-    bar.set_label("in units of the mean true speed on the trajectory")
+    bar.set_label("relative to the true field's mean speed on the trajectory")
     axes[0].set_ylabel("$z_2$")
     fig.suptitle(title)
     fig.savefig(path)
