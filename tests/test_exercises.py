@@ -35,6 +35,16 @@ def solutions(markdown: str) -> list[list[str]]:
     return [PYTHON.findall(block) for block in DETAILS.findall(markdown)]
 
 
+def run_solution(code: str, name: str) -> None:
+    """Run one solution block as the reader would, in a fresh namespace; it must check
+    what it claims (a block without an assert could not fail)."""
+    import matplotlib
+
+    assert "assert" in code, f"{name}: the solution checks nothing"
+    matplotlib.use("Agg")
+    exec(compile(code, name, "exec"), {"__name__": "__main__"})
+
+
 def test_solutions_are_found_in_markdown():
     text = ("## Exercises\n**1.** Q\n<details><summary>Solution</summary>\n\nA\n"
             "```python\nx = 1\nassert x == 1\n```\n</details>\n**2.** R\n<details>B</details>")
@@ -58,13 +68,9 @@ CASES = [(p, i, code) for p in NOTEBOOKS for i, blocks in enumerate(solutions(ex
 @pytest.mark.parametrize("path, number, code", CASES,
                          ids=[f"{p.stem[:2]}-exercise{i + 1}" for p, i, _ in CASES])
 def test_solution_code_runs_and_its_checks_hold(path, number, code, tmp_path, monkeypatch):
-    assert "assert" in code, f"{path.name} exercise {number + 1}: the solution checks nothing"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NODE_BUDGET", os.environ.get("NODE_BUDGET", "smoke"))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    exec(compile(code, f"{path.stem}-exercise-{number + 1}", "exec"), {"__name__": "__main__"})
+    run_solution(code, f"{path.stem}-exercise-{number + 1}")
 
 
 if __name__ == "__main__":  # try a draft: python tests/test_exercises.py draft.md
@@ -72,6 +78,5 @@ if __name__ == "__main__":  # try a draft: python tests/test_exercises.py draft.
 
     for k, blocks in enumerate(solutions(Path(sys.argv[1]).read_text(encoding="utf-8"))):
         for code in blocks:
-            assert "assert" in code, f"exercise {k + 1}: the solution checks nothing"
-            exec(compile(code, f"exercise-{k + 1}", "exec"), {"__name__": "__main__"})
+            run_solution(code, f"exercise-{k + 1}")
         print(f"exercise {k + 1}: {len(blocks)} block(s) ran")
