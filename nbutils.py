@@ -24,7 +24,7 @@ __all__ = [
     "REPO_ROOT", "BUDGETS", "Setup", "setup", "get_device", "get_budget", "for_budget",
     "data_root", "output_dir",
     "seed_everything", "n_parameters", "cpu_name", "progress", "progress_mode",
-    "run_summary", "markdown", "RECORDS", "save_record", "load_record",
+    "run_summary", "markdown", "RECORDS", "save_record", "load_record", "headline_numbers",
     "plot_trajectories", "figure_to_image", "save_gif",
 ]
 
@@ -278,6 +278,21 @@ def load_record(notebook: str, budget: str) -> dict | None:
 
     path = RECORDS / f"{notebook}-{budget}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def headline_numbers(notebook: str, budget: str) -> tuple[str, dict[str, float]] | None:
+    """A notebook's one-number results for a summary: from its `budget` record, else its
+    `quick` one, as (the budget they come from, {name: value}); None without either.
+
+    Only floats count: a `full` record may hold just nested tables (notebook 03's), and a
+    summary of those would need the notebook's own reading of them.
+    """
+    for name in dict.fromkeys((budget, "quick")):
+        record = load_record(notebook, name) or {"numbers": {}}
+        numbers = {k: v for k, v in record["numbers"].items() if isinstance(v, float)}
+        if numbers:
+            return name, numbers
+    return None
 
 
 def _np(x) -> np.ndarray:

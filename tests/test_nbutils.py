@@ -134,6 +134,18 @@ def test_record_round_trip(monkeypatch, tmp_path):
     assert nbutils.load_record("03_demo", "trial") is None  # results/ untouched
 
 
+def test_headline_numbers_fall_back_to_quick(monkeypatch, tmp_path):
+    """A summary takes a budget's floats, else quick's: a nested-only record has none."""
+    monkeypatch.setattr(nbutils, "RECORDS", tmp_path)
+    assert nbutils.headline_numbers("03_demo", "full") is None
+    nbutils.save_record("03_demo", "quick", {"rmse": 0.2, "runs": 3}, "cpu")
+    assert nbutils.headline_numbers("03_demo", "full") == ("quick", {"rmse": 0.2})
+    nbutils.save_record("03_demo", "full", {"rmse": {"30": 0.25}, "iterations": 6000}, "cpu")
+    assert nbutils.headline_numbers("03_demo", "full") == ("quick", {"rmse": 0.2})
+    nbutils.save_record("03_demo", "full", {"rmse": 0.1, "table": {"30": 0.25}}, "cpu")
+    assert nbutils.headline_numbers("03_demo", "full") == ("full", {"rmse": 0.1})
+
+
 def test_committed_records_are_well_formed():
     """Each committed record names its notebook and budget, and that notebook exists."""
     for path in sorted(nbutils.RECORDS.glob("*.json")):
