@@ -22,6 +22,7 @@ from cnf import (
     hutchinson_probes,
     kl_loss,
     make_data,
+    nll_gap,
     standard_normal_logprob,
     support_fraction,
     trace_exact,
@@ -244,6 +245,19 @@ def test_support_fraction_separates_data_from_a_miss():
     assert support_fraction(far, ref, cal)[0] == 0.0
     half, _ = support_fraction(torch.cat([new[:500], far]), ref, cal)
     assert half == pytest.approx(support_fraction(new[:500], ref, cal)[0] / 2)
+
+
+def test_nll_gap_is_the_paired_mean_and_its_standard_error():
+    # Two Gaussians with known log-densities: the gap per point is exact, so its mean and
+    # standard error are the plain sample statistics of those differences
+    x = make_data("two moons", 3000, seed=0).double()
+    wide = GaussianBaseline(x)
+    narrow = GaussianBaseline(x[:200])
+    mean, se = nll_gap(narrow, wide, x, chunk=512)
+    d = wide.log_prob(x) - narrow.log_prob(x)
+    assert mean == pytest.approx(float(d.mean()), rel=1e-12)
+    assert se == pytest.approx(float(d.std()) / math.sqrt(3000), rel=1e-12)
+    assert nll_gap(wide, wide, x) == (0.0, 0.0)
 
 
 def test_a_fresh_planar_flow_starts_near_the_identity():
