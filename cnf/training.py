@@ -19,8 +19,8 @@ from .targets import ENERGIES, energy_normalizer, make_data
 
 __all__ = [
     "Settings", "settings", "kl_loss", "train_density_matching", "train_max_likelihood", "nll",
-    "nll_gap", "support_fraction", "make_model", "with_tolerance", "fit_density_matching",
-    "fit_max_likelihood", "load_model",
+    "log_probs", "nll_gap", "support_fraction", "make_model", "with_tolerance",
+    "fit_density_matching", "fit_max_likelihood", "load_model",
 ]
 
 
@@ -107,16 +107,22 @@ def train_max_likelihood(model: nn.Module, data: Tensor, steps: int, batch: int 
 
 
 @torch.no_grad()
+def log_probs(model, x: Tensor, chunk: int = 2048) -> Tensor:
+    """Each held-out point's log-density, in chunks: one solve serves both an NLL and a
+    paired gap (`nll_gap`)."""
+    return torch.cat([model.log_prob(c) for c in x.split(chunk)])
+
+
 def nll(model, x: Tensor, chunk: int = 2048) -> float:
     """Mean negative log-likelihood (nats per point) of held-out data."""
-    return float(torch.cat([-model.log_prob(c) for c in x.split(chunk)]).mean())
+    return float(-log_probs(model, x, chunk).mean())
 
 
-@torch.no_grad()
-def nll_gap(model_a, model_b, x: Tensor, chunk: int = 2048) -> tuple[float, float]:
-    """Model a's NLL minus model b's on the same points, and the standard error of that
-    mean: whether two held-out NLLs differ by more than the test set's noise."""
-    d = torch.cat([model_b.log_prob(c) - model_a.log_prob(c) for c in x.split(chunk)])
+def nll_gap(logp_a: Tensor, logp_b: Tensor) -> tuple[float, float]:
+    """Model a's NLL minus model b's from their `log_probs` on the same points, and the
+    standard error of that mean: whether two held-out NLLs differ by more than the test
+    set's noise."""
+    d = logp_b - logp_a
     return float(d.mean()), float(d.std() / math.sqrt(len(d)))
 
 

@@ -21,7 +21,9 @@ from cnf import (
     grid_points,
     hutchinson_probes,
     kl_loss,
+    log_probs,
     make_data,
+    nll,
     nll_gap,
     standard_normal_logprob,
     support_fraction,
@@ -253,11 +255,14 @@ def test_nll_gap_is_the_paired_mean_and_its_standard_error():
     x = make_data("two moons", 3000, seed=0).double()
     wide = GaussianBaseline(x)
     narrow = GaussianBaseline(x[:200])
-    mean, se = nll_gap(narrow, wide, x, chunk=512)
+    lp_narrow, lp_wide = log_probs(narrow, x, chunk=512), log_probs(wide, x, chunk=512)
+    assert torch.equal(lp_wide, wide.log_prob(x))  # chunks joined in order
+    mean, se = nll_gap(lp_narrow, lp_wide)
     d = wide.log_prob(x) - narrow.log_prob(x)
     assert mean == pytest.approx(float(d.mean()), rel=1e-12)
     assert se == pytest.approx(float(d.std()) / math.sqrt(3000), rel=1e-12)
-    assert nll_gap(wide, wide, x) == (0.0, 0.0)
+    assert mean == pytest.approx(nll(narrow, x) - nll(wide, x), rel=1e-9)
+    assert nll_gap(lp_wide, lp_wide) == (0.0, 0.0)
 
 
 def test_a_fresh_planar_flow_starts_near_the_identity():
